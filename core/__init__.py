@@ -1,0 +1,1 @@
+"""covisit core: events, co-visitation model, Numba kernels, snapshots, offline evaluation (no gRPC here)."""

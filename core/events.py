@@ -1,0 +1,74 @@
+"""The event: what a user did to an item, and the checks every event passes before it counts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# The original design's weights: a purchase says more about an item than a view.
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "add_to_cart": 3.0,
+    "purchase": 4.0,
+}
+MAX_ID_BYTES = 256
+DEFAULT_SESSION_GAP = 30 * 60.0  # seconds of inactivity that end a user's session
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: float  # unix seconds
+    session_id: str | None = None
+
+    def sequence_key(self) -> str:
+        """Which sequence the event extends: its session when given, else its user."""
+        if self.session_id:
+            return "s:" + self.session_id
+        return "u:" + self.user_id
+
+
+class InvalidEvent(ValueError):
+    """An event that must not be counted; `field` names the offending field."""
+
+    def __init__(self, field: str, message: str, index: int | None = None):
+        self.field = field
+        self.index = index
+        where = f"events[{index}].{field}" if index is not None else field
+        super().__init__(f"{where}: {message}")
+
+
+def _check_id(field: str, value: object, index: int | None, optional: bool = False) -> None:
+    if optional and (value is None or value == ""):
+        return
+    if not isinstance(value, str):
+        raise InvalidEvent(field, f"must be a string, got {type(value).__name__}", index)
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if not 1 <= size <= MAX_ID_BYTES:
+        raise InvalidEvent(field, f"must be 1..{MAX_ID_BYTES} UTF-8 bytes, got {size}", index)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent(field, "is not valid UTF-8", index) from None
+
+
+def check_event(event: Event, event_weights: dict[str, float], index: int | None = None) -> None:
+    """Raise InvalidEvent naming the first bad field of `event`."""
+    _check_id("user_id", event.user_id, index)
+    _check_id("item_id", event.item_id, index)
+    if event.event_type not in event_weights:
+        known = ", ".join(sorted(event_weights))
+        raise InvalidEvent("event_type", f"unknown type {event.event_type!r} (known: {known})", index)
+    ts = event.timestamp
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
+        raise InvalidEvent("timestamp", f"must be finite unix seconds >= 0, got {ts!r}", index)
+    _check_id("session_id", event.session_id, index, optional=True)
+
+
+def check_events(events: list[Event], event_weights: dict[str, float]) -> None:
+    """Check a whole batch; the first bad event rejects it, named by index and field."""
+    for i, event in enumerate(events):
+        check_event(event, event_weights, i)

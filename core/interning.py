@@ -1,0 +1,75 @@
+"""String <-> dense int32 ids, growing online; saved as UTF-8 bytes + offsets, never pickled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+INT32_MAX = np.iinfo(np.int32).max
+
+
+class IdMap:
+    """Assigns 0, 1, 2, ... to strings in the order they are first seen."""
+
+    __slots__ = ("_ids", "_names")
+
+    def __init__(self, names: Iterable[str] = ()):
+        self._names: list[str] = []
+        self._ids: dict[str, int] = {}
+        for name in names:
+            self.intern(name)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._ids
+
+    def intern(self, name: str) -> int:
+        """The id of `name`, assigning the next one if it is new."""
+        idx = self._ids.get(name)
+        if idx is None:
+            idx = len(self._names)
+            if idx >= INT32_MAX:
+                raise OverflowError("more than 2**31 - 1 distinct ids")
+            self._ids[name] = idx
+            self._names.append(name)
+        return idx
+
+    def get(self, name: str, default: int = -1) -> int:
+        return self._ids.get(name, default)
+
+    def name(self, idx: int) -> str:
+        return self._names[idx]
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def copy(self) -> IdMap:
+        clone = IdMap()
+        clone._names = list(self._names)
+        clone._ids = dict(self._ids)
+        return clone
+
+    def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 UTF-8 bytes of all names, int64 offsets with len+1 entries)."""
+        encoded = [n.encode("utf-8") for n in self._names]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=offsets[1:])
+        blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        return blob, offsets
+
+    @classmethod
+    def from_arrays(cls, blob: np.ndarray, offsets: np.ndarray) -> IdMap:
+        if offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(blob):
+            raise ValueError("id offsets do not match the id bytes")
+        if np.any(np.diff(offsets) < 0):
+            raise ValueError("id offsets are not increasing")
+        raw = bytes(np.asarray(blob, dtype=np.uint8))
+        bounds = offsets.tolist()
+        names = [raw[bounds[i]:bounds[i + 1]].decode("utf-8") for i in range(len(bounds) - 1)]
+        idmap = cls(names)
+        if len(idmap) != len(names):
+            raise ValueError("duplicate ids in the saved id table")
+        return idmap

@@ -1,0 +1,1 @@
+"""covisit server: gRPC services and the command line over covisit.core."""
