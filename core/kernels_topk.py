@@ -1,0 +1,196 @@
+"""Numba kernels of the request path: a fixed-size top-k heap and context scoring over CSR rows.
+
+Plain arrays only (CSR = int64 indptr, int32 indices, float32 scores). The glue in
+`covisit.core.scoring` validates input and allocates every output; kernels never raise.
+Ties in score go to the better-ranked item (`rank`: 0 = most popular), so every ordering
+is deterministic and matches the evaluation protocol's tie-break.
+"""
+
+import numpy as np
+from numba import njit
+
+SOURCE_COOCCURRENCE = 0
+SOURCE_CONTENT = 1
+SOURCE_POPULARITY = 2
+SOURCE_EXPLORATION = 3
+
+_HASH_MUL = 2654435761  # Knuth's multiplicative hash; item * it fits in int64
+
+
+@njit(cache=True, inline="always")
+def _worse(s_a, i_a, s_b, i_b, rank):
+    """True if (score s_a, item i_a) ranks below (s_b, i_b)."""
+    return s_a < s_b or (s_a == s_b and rank[i_a] > rank[i_b])
+
+
+@njit(cache=True)
+def heap_push(heap_s, heap_i, size, s, i, rank):
+    """Offer (s, i) to a min-heap of capacity len(heap_s) whose root is the worst kept entry.
+
+    Returns the new size."""
+    k = heap_s.shape[0]
+    if size < k:
+        pos = size
+        size += 1
+    elif _worse(heap_s[0], heap_i[0], s, i, rank):
+        pos = 0  # replace the root, then sift down
+        while True:
+            child = 2 * pos + 1
+            if child >= k:
+                break
+            if child + 1 < k and _worse(heap_s[child + 1], heap_i[child + 1], heap_s[child], heap_i[child], rank):
+                child += 1
+            if _worse(heap_s[child], heap_i[child], s, i, rank):
+                heap_s[pos] = heap_s[child]
+                heap_i[pos] = heap_i[child]
+                pos = child
+            else:
+                break
+        heap_s[pos] = s
+        heap_i[pos] = i
+        return size
+    else:
+        return size
+    while pos > 0:  # sift up a new leaf
+        parent = (pos - 1) // 2
+        if _worse(s, i, heap_s[parent], heap_i[parent], rank):
+            heap_s[pos] = heap_s[parent]
+            heap_i[pos] = heap_i[parent]
+            pos = parent
+        else:
+            break
+    heap_s[pos] = s
+    heap_i[pos] = i
+    return size
+
+
+@njit(cache=True)
+def heap_sort_best_first(heap_s, heap_i, size, rank):
+    """Order the first `size` heap entries best first, in place."""
+    for end in range(size - 1, 0, -1):
+        s, i = heap_s[end], heap_i[end]
+        heap_s[end], heap_i[end] = heap_s[0], heap_i[0]
+        pos = 0
+        while True:
+            child = 2 * pos + 1
+            if child >= end:
+                break
+            if child + 1 < end and _worse(heap_s[child + 1], heap_i[child + 1], heap_s[child], heap_i[child], rank):
+                child += 1
+            if _worse(heap_s[child], heap_i[child], s, i, rank):
+                heap_s[pos] = heap_s[child]
+                heap_i[pos] = heap_i[child]
+                pos = child
+            else:
+                break
+        heap_s[pos] = s
+        heap_i[pos] = i
+
+
+@njit(cache=True, inline="always")
+def _contains_sorted(arr, x):
+    lo, hi = 0, arr.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if arr[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < arr.shape[0] and arr[lo] == x
+
+
+@njit(cache=True)
+def _table_slot(keys, mask, item):
+    """Slot of `item` in an open-addressing table, or of the empty slot where it would go."""
+    h = (np.int64(item) * _HASH_MUL) & mask
+    while keys[h] != -1 and keys[h] != item:
+        h = (h + 1) & mask
+    return h
+
+
+@njit(cache=True)
+def table_size(indptr, ctx):
+    """Power-of-two table size for the neighbours of `ctx` (load factor <= 1/2)."""
+    total = 0
+    for c in ctx:
+        total += indptr[c + 1] - indptr[c]
+    size = 16
+    while size < 2 * total:
+        size *= 2
+    return size
+
+
+@njit(cache=True)
+def recommend_into(indptr, indices, scores, rank, fill_order, ctx, recency, exclude, allowed,
+                   use_allowed, keys, vals, out_items, out_scores, out_sources):
+    """Top-k for one context; k = len(out_items). Returns how many slots were filled.
+
+    ctx: item ids, newest last; the row of the item `a` places before the newest is weighted
+    recency**a. exclude / allowed: sorted item ids. keys / vals: scratch of at least
+    table_size(indptr, ctx) entries. Slots that co-visitation cannot fill come from
+    `fill_order` (most popular first) and are marked SOURCE_POPULARITY.
+    """
+    k = out_items.shape[0]
+    if k == 0:
+        return 0
+    mask = table_size(indptr, ctx) - 1
+    keys[: mask + 1] = -1
+    n = ctx.shape[0]
+    weight = np.float32(1.0)
+    for a in range(n):  # newest first
+        c = ctx[n - 1 - a]
+        for q in range(indptr[c], indptr[c + 1]):
+            item = indices[q]
+            h = _table_slot(keys, mask, item)
+            if keys[h] == -1:
+                keys[h] = item
+                vals[h] = weight * scores[q]
+            else:
+                vals[h] += weight * scores[q]
+        weight *= np.float32(recency)
+
+    size = 0
+    for h in range(mask + 1):
+        item = keys[h]
+        if item == -1:
+            continue
+        if exclude.shape[0] and _contains_sorted(exclude, item):
+            continue
+        if use_allowed and not _contains_sorted(allowed, item):
+            continue
+        size = heap_push(out_scores, out_items, size, vals[h], item, rank)
+    heap_sort_best_first(out_scores, out_items, size, rank)
+    out_sources[:size] = SOURCE_COOCCURRENCE
+
+    # Popularity fill: every candidate with a co-visitation score is already in the heap
+    # when it is not full, so an item in the table is never added twice.
+    q = 0
+    while size < k and q < fill_order.shape[0]:
+        item = fill_order[q]
+        q += 1
+        if exclude.shape[0] and _contains_sorted(exclude, item):
+            continue
+        if use_allowed and not _contains_sorted(allowed, item):
+            continue
+        if keys[_table_slot(keys, mask, item)] == item:
+            continue
+        out_items[size] = item
+        out_scores[size] = 0.0
+        out_sources[size] = SOURCE_POPULARITY
+        size += 1
+    return size
+
+
+@njit(cache=True)
+def recommend_batch(indptr, indices, scores, rank, fill_order, ctx_indptr, ctx_items, max_context,
+                    recency, exclude_context, keys, vals, out_items, out_scores, out_sources, out_n):
+    """recommend_into for many contexts (ctx_items[ctx_indptr[q]:ctx_indptr[q+1]], newest last).
+
+    Each context keeps its newest `max_context` items; out_* have one row per context."""
+    empty = np.empty(0, dtype=np.int32)
+    for q in range(ctx_indptr.shape[0] - 1):
+        lo = max(ctx_indptr[q], ctx_indptr[q + 1] - max_context)
+        ctx = ctx_items[lo: ctx_indptr[q + 1]]
+        exclude = np.sort(ctx) if exclude_context else empty
+        out_n[q] = recommend_into(indptr, indices, scores, rank, fill_order, ctx, recency, exclude,
+                                  empty, False, keys, vals, out_items[q], out_scores[q], out_sources[q])

@@ -1,0 +1,162 @@
+"""The learning model: exact co-visitation counts that grow event by event, and the serving
+snapshots made from them.
+
+Counts are kept exact (float64, unpruned); pruning and normalisation happen only when a
+snapshot is produced. Per sequence (session, or user split at inactivity gaps) the model keeps
+just its last `window` items, so a later batch links to them exactly as one batch build would.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from covisit.core import kernels_build as kb
+from covisit.core.config import DISTANCE_MODES, SIMILARITIES, ModelConfig
+from covisit.core.events import Event, check_events
+from covisit.core.interning import IdMap
+from covisit.core.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+class CoVisitModel:
+    def __init__(self, config: ModelConfig | None = None):
+        self.config = config or ModelConfig()
+        self.items = IdMap()
+        self.sequences = IdMap()
+        self.n_events = 0
+        self.anchor: float | None = None  # time origin of decay weights (decay on only)
+        self.indptr = np.zeros(1, dtype=np.int64)
+        self.indices = np.empty(0, dtype=np.int32)
+        self.data = np.empty(0, dtype=np.float64)
+        self.popularity = np.empty(0, dtype=np.float64)
+        w = self.config.window
+        self._hist_items = np.empty((0, w), dtype=np.int32)
+        self._hist_w = np.empty((0, w), dtype=np.float64)
+        self._hist_n = np.empty(0, dtype=np.int64)
+        self._last_time = np.empty(0, dtype=np.float64)
+        self._uses_gap = np.empty(0, dtype=np.bool_)
+        self._n_sequences = 0  # sequences in use (the arrays above have spare capacity)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_links(self) -> int:
+        return int(self.indptr[-1])
+
+    def update(self, events: Sequence[Event]) -> int:
+        """Validate, intern and count a batch of events (log order). Returns the pairs added."""
+        check_events(events, self.config.event_weights)
+        n = len(events)
+        seqs = np.empty(n, dtype=np.int32)
+        items = np.empty(n, dtype=np.int32)
+        weights = np.empty(n, dtype=np.float64)
+        times = np.empty(n, dtype=np.float64)
+        event_weights = self.config.event_weights
+        first_new = len(self.sequences)
+        for i, ev in enumerate(events):
+            seqs[i] = self.sequences.intern(ev.sequence_key())
+            items[i] = self.items.intern(ev.item_id)
+            weights[i] = event_weights[ev.event_type]
+            times[i] = ev.timestamp
+        self._grow_sequences(len(self.sequences))
+        for s in range(first_new, len(self.sequences)):  # users split at gaps, sessions don't
+            self._uses_gap[s] = self.sequences.name(s).startswith("u:")
+        self._n_sequences = len(self.sequences)
+        return self.update_encoded(seqs, items, weights, times)
+
+    def update_encoded(self, seqs: np.ndarray, items: np.ndarray, weights: np.ndarray,
+                       times: np.ndarray, uses_gap: bool = False) -> int:
+        """Count events given as dense ids (the fast path for bulk builds and benchmarks).
+
+        Item ids must already be interned in `self.items`. Sequence ids beyond those seen so far
+        are new sequences, split at inactivity gaps if `uses_gap`.
+        """
+        n = len(items)
+        if n == 0:
+            return 0
+        seqs = np.ascontiguousarray(seqs, dtype=np.int32)
+        items = np.ascontiguousarray(items, dtype=np.int32)
+        weights = np.ascontiguousarray(weights, dtype=np.float64)
+        times = np.ascontiguousarray(times, dtype=np.float64)
+        if not (len(seqs) == len(weights) == len(times) == n):
+            raise ValueError("seqs, items, weights and times must have the same length")
+        n_items = self.n_items
+        if seqs.min() < 0 or items.min() < 0 or items.max() >= n_items:
+            raise ValueError(f"sequence ids must be >= 0 and item ids in 0..{n_items - 1}")
+        n_seq = int(seqs.max()) + 1
+        if n_seq > self._n_sequences:
+            self._grow_sequences(n_seq)
+            self._uses_gap[self._n_sequences:n_seq] = uses_gap
+            self._n_sequences = n_seq
+        if len(self.popularity) < n_items:
+            self.popularity = np.concatenate(
+                [self.popularity, np.zeros(n_items - len(self.popularity))])
+
+        cfg = self.config
+        half_life = float(cfg.half_life)
+        if half_life > 0 and self.anchor is None:
+            self.anchor = math.floor(float(times.min()) / half_life) * half_life
+        capacity = n * cfg.window * (2 if cfg.backward > 0 else 1)
+        rows = np.empty(capacity, dtype=np.int32)
+        cols = np.empty(capacity, dtype=np.int32)
+        vals = np.empty(capacity, dtype=np.float64)
+        n_pairs = kb.emit_pairs(
+            seqs, items, weights, times, self._hist_items, self._hist_w, self._hist_n,
+            self._last_time, self._uses_gap, cfg.window, float(cfg.backward),
+            DISTANCE_MODES[cfg.distance], float(cfg.session_gap), half_life,
+            float(self.anchor or 0.0), rows, cols, vals, self.popularity)
+        self.indptr, self.indices, self.data = kb.merge_pairs(
+            self.indptr, self.indices, self.data, n_items, n_items,
+            rows[:n_pairs], cols[:n_pairs], vals[:n_pairs])
+        self.n_events += n
+        return int(n_pairs)
+
+    def _grow_sequences(self, n: int) -> None:
+        have = len(self._hist_n)
+        if n <= have:
+            return
+        cap = max(n, 2 * have, 1024)
+        w = self.config.window
+
+        def grow(a: np.ndarray, shape: tuple, fill) -> np.ndarray:
+            out = np.full(shape, fill, dtype=a.dtype)
+            out[:have] = a[:have]
+            return out
+
+        self._hist_items = grow(self._hist_items, (cap, w), -1)
+        self._hist_w = grow(self._hist_w, (cap, w), 0.0)
+        self._hist_n = grow(self._hist_n, (cap,), 0)
+        self._last_time = grow(self._last_time, (cap,), 0.0)
+        self._uses_gap = grow(self._uses_gap, (cap,), False)
+
+    def snapshot(self, version: int = 1, parent: int | None = None) -> Snapshot:
+        """Prune and normalise the exact counts into an immutable serving snapshot."""
+        started = time.perf_counter()
+        cfg = self.config
+        n = self.n_items
+        popularity = np.zeros(n, dtype=np.float64)
+        popularity[: len(self.popularity)] = self.popularity
+        fill_order = np.argsort(-popularity, kind="stable").astype(np.int32)
+        rank = np.empty(n, dtype=np.int32)
+        rank[fill_order] = np.arange(n, dtype=np.int32)
+        indptr = self.indptr
+        if len(indptr) - 1 < n:  # items interned but not yet counted have empty rows
+            indptr = np.concatenate([indptr, np.full(n + 1 - len(indptr), indptr[-1])])
+        row_sum, col_sum, total = kb.row_col_sums(indptr, self.indices, self.data, n)
+        out_indptr, out_indices, out_scores = kb.prune_rows(
+            indptr, self.indices, self.data, row_sum, col_sum, total, rank,
+            SIMILARITIES[cfg.similarity], cfg.top_n)
+        seconds = time.perf_counter() - started
+        log.debug("snapshot v%d: %d items, %d links in %.3fs", version, n, len(out_indices), seconds)
+        return Snapshot(version=version, parent=parent, config=cfg, items=self.items.copy(),
+                        indptr=out_indptr, indices=out_indices, scores=out_scores,
+                        popularity=popularity.astype(np.float32), fill_order=fill_order,
+                        rank=rank, watermark=self.n_events, meta={"build_seconds": seconds})

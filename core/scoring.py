@@ -1,0 +1,80 @@
+"""Request-side glue: turn item ids into a kernel call on one snapshot and back.
+
+Python only validates, interns and hands over preallocated buffers; all per-neighbour work is
+in `kernels_topk`. Scratch tables are per thread, so concurrent requests share nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from covisit.core import kernels_topk as kt
+from covisit.core.snapshot import Snapshot
+
+SOURCE_NAMES = {
+    kt.SOURCE_COOCCURRENCE: "COOCCURRENCE",
+    kt.SOURCE_CONTENT: "CONTENT",
+    kt.SOURCE_POPULARITY: "POPULARITY",
+    kt.SOURCE_EXPLORATION: "EXPLORATION",
+}
+MAX_K = 1000
+_EMPTY = np.empty(0, dtype=np.int32)
+_scratch = threading.local()
+
+
+class Scored(NamedTuple):
+    item_id: str
+    score: float
+    source: int  # kernels_topk.SOURCE_*
+
+
+def _table(size: int) -> tuple[np.ndarray, np.ndarray]:
+    keys = getattr(_scratch, "keys", None)
+    if keys is None or len(keys) < size:
+        _scratch.keys = keys = np.empty(size, dtype=np.int32)
+        _scratch.vals = np.empty(size, dtype=np.float32)
+    return keys, _scratch.vals
+
+
+def _known(snapshot: Snapshot, ids: Iterable[str]) -> list[int]:
+    get = snapshot.items.get
+    return [i for i in map(get, ids) if i >= 0]
+
+
+def recommend(snapshot: Snapshot, context: Sequence[str], k: int = 10,
+              exclude: Iterable[str] = (), allowed: Iterable[str] | None = None,
+              exclude_context: bool | None = None) -> list[Scored]:
+    """Top-k items for a context (newest last); popularity fills what co-visitation can't.
+
+    Unknown context items are ignored; unknown excluded/allowed items match nothing.
+    """
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
+    cfg = snapshot.config
+    ctx_ids = _known(snapshot, context)[-cfg.max_context:]
+    ctx = np.array(ctx_ids, dtype=np.int32)
+    excluded = _known(snapshot, exclude)
+    if cfg.exclude_context if exclude_context is None else exclude_context:
+        excluded += ctx_ids
+    exclude_arr = np.unique(np.array(excluded, dtype=np.int32)) if excluded else _EMPTY
+    use_allowed = allowed is not None
+    allowed_arr = np.unique(np.array(_known(snapshot, allowed), dtype=np.int32)) if use_allowed else _EMPTY
+    keys, vals = _table(kt.table_size(snapshot.indptr, ctx))
+    out_items = np.empty(k, dtype=np.int32)
+    out_scores = np.empty(k, dtype=np.float32)
+    out_sources = np.empty(k, dtype=np.int8)
+    n = kt.recommend_into(snapshot.indptr, snapshot.indices, snapshot.scores, snapshot.rank,
+                          snapshot.fill_order, ctx, cfg.recency, exclude_arr, allowed_arr,
+                          use_allowed, keys, vals, out_items, out_scores, out_sources)
+    name = snapshot.items.name
+    return [Scored(name(i), float(s), int(src))
+            for i, s, src in zip(out_items[:n].tolist(), out_scores[:n].tolist(), out_sources[:n].tolist())]
+
+
+def similar_items(snapshot: Snapshot, item_id: str, k: int = 10) -> list[Scored]:
+    """Items most often visited with `item_id` (itself excluded), popularity-filled."""
+    return recommend(snapshot, [item_id], k, exclude_context=True)

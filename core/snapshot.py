@@ -1,0 +1,156 @@
+"""The serving snapshot: an immutable, versioned model, saved as .npy arrays plus JSON metadata.
+
+A request reads one Snapshot reference and uses only it, so publishing a new model is a single
+assignment. Saved snapshots load with mmap_mode='r'; nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from covisit.core.config import ModelConfig
+from covisit.core.interning import IdMap
+
+FORMAT = "covisit-snapshot"
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+# name -> (dtype, ndim) of every array file in a snapshot directory.
+ARRAYS = {
+    "indptr": (np.int64, 1),
+    "indices": (np.int32, 1),
+    "scores": (np.float32, 1),
+    "popularity": (np.float32, 1),
+    "fill_order": (np.int32, 1),
+    "rank": (np.int32, 1),
+    "item_bytes": (np.uint8, 1),
+    "item_offsets": (np.int64, 1),
+}
+
+
+class SnapshotError(ValueError):
+    """A directory that is not a readable covisit snapshot."""
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    version: int
+    parent: int | None
+    config: ModelConfig
+    items: IdMap
+    indptr: np.ndarray  # int64, n_items + 1
+    indices: np.ndarray  # int32, neighbours of each row, best first
+    scores: np.ndarray  # float32, their similarity scores
+    popularity: np.ndarray  # float32, decayed weighted event count per item
+    fill_order: np.ndarray  # int32, item ids most popular first
+    rank: np.ndarray  # int32, position of each item in fill_order (the tie-break)
+    watermark: int = 0  # events reflected in this model
+    created_at: float = field(default_factory=time.time)
+    meta: dict = field(default_factory=dict)  # extra facts (build time, gate metrics, ...)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def n_links(self) -> int:
+        return int(self.indptr[-1])
+
+    def nbytes(self) -> int:
+        """Bytes of the serving arrays (excluding the id strings)."""
+        return sum(getattr(self, n).nbytes for n in ("indptr", "indices", "scores", "popularity",
+                                                     "fill_order", "rank"))
+
+    def metadata(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_version": self.version,
+            "parent_version": self.parent,
+            "created_at": self.created_at,
+            "event_watermark": self.watermark,
+            "config": self.config.to_dict(),
+            "counts": {"items": self.n_items, "links": self.n_links, "events": self.watermark},
+            "meta": self.meta,
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write arrays and metadata; the metadata file goes last, so its presence marks a whole save."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        blob, offsets = self.items.to_arrays()
+        arrays = {"item_bytes": blob, "item_offsets": offsets}
+        for name in ARRAYS:
+            array = arrays.get(name)
+            np.save(path / f"{name}.npy", getattr(self, name) if array is None else array,
+                    allow_pickle=False)
+        tmp = path / (METADATA_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.metadata(), indent=2, sort_keys=True))
+        os.replace(tmp, path / METADATA_FILE)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, mmap: bool = True) -> Snapshot:
+        path = Path(directory)
+        meta_path = path / METADATA_FILE
+        try:
+            meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise SnapshotError(f"{path}: no {METADATA_FILE}; not a covisit snapshot") from None
+        except (OSError, ValueError) as exc:
+            raise SnapshotError(f"{meta_path}: unreadable metadata ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise SnapshotError(f"{meta_path}: not a covisit snapshot (format {meta.get('format')!r})"
+                                if isinstance(meta, dict) else f"{meta_path}: not a JSON object")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise SnapshotError(f"{meta_path}: format_version {meta.get('format_version')!r} "
+                                f"is not supported (expected {FORMAT_VERSION})")
+        arrays = {}
+        for name, (dtype, ndim) in ARRAYS.items():
+            file = path / f"{name}.npy"
+            try:
+                array = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+            except FileNotFoundError:
+                raise SnapshotError(f"{file}: missing") from None
+            except (OSError, ValueError) as exc:
+                raise SnapshotError(f"{file}: unreadable ({exc})") from None
+            if array.dtype != dtype or array.ndim != ndim:
+                raise SnapshotError(f"{file}: expected {np.dtype(dtype)} with {ndim} dims, "
+                                    f"got {array.dtype} with {array.ndim}")
+            arrays[name] = array
+        try:
+            items = IdMap.from_arrays(arrays.pop("item_bytes"), arrays.pop("item_offsets"))
+            config = ModelConfig.from_dict(meta["config"])
+            snapshot = cls(version=int(meta["model_version"]), parent=meta.get("parent_version"),
+                           config=config, items=items, watermark=int(meta["event_watermark"]),
+                           created_at=float(meta["created_at"]), meta=dict(meta.get("meta", {})),
+                           **arrays)
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise SnapshotError(f"{path}: inconsistent snapshot ({exc})") from None
+        snapshot.check()
+        return snapshot
+
+    def check(self) -> None:
+        """Raise SnapshotError unless the arrays describe one consistent model."""
+        n = len(self.items)
+        problems = []
+        if len(self.indptr) != n + 1 or self.indptr[0] != 0 or self.indptr[-1] != len(self.indices):
+            problems.append("indptr does not match the item count and indices")
+        elif np.any(np.diff(self.indptr) < 0):
+            problems.append("indptr is not monotonic")
+        if len(self.scores) != len(self.indices):
+            problems.append("scores and indices differ in length")
+        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= n):
+            problems.append("indices out of range")
+        for name in ("popularity", "fill_order", "rank"):
+            if len(getattr(self, name)) != n:
+                problems.append(f"{name} has {len(getattr(self, name))} entries for {n} items")
+        if not problems and n and not np.array_equal(np.sort(self.fill_order), np.arange(n)):
+            problems.append("fill_order is not a permutation of the items")
+        if problems:
+            raise SnapshotError("inconsistent snapshot: " + "; ".join(problems))

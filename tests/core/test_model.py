@@ -1,0 +1,158 @@
+"""The model's exact counts, its snapshots, and the invariant incremental == batch."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from covisit.core.config import ModelConfig
+from covisit.core.events import Event, InvalidEvent
+from covisit.core.model import CoVisitModel
+
+from . import reference as ref
+
+CONFIGS = [
+    ModelConfig(),
+    ModelConfig(window=1, distance="none"),
+    ModelConfig(window=3, backward=1.0, distance="linear"),
+    ModelConfig(window=4, backward=0.3, distance="none", half_life=50.0, session_gap=30.0),
+]
+TYPES = ["view", "click", "add_to_cart", "purchase"]
+
+
+def random_log(rng, n, n_users=4, n_items=9):
+    events, t = [], 1000.0
+    for _ in range(n):
+        t += float(rng.choice([0.0, 1.0, 5.0, 40.0]))
+        user = f"u{rng.integers(n_users)}"
+        session = f"s{rng.integers(3)}" if rng.random() < 0.3 else None
+        events.append(Event(user, f"i{rng.integers(n_items)}", TYPES[rng.integers(4)], t, session))
+    return events
+
+
+def reference_counts(model, events):
+    cfg = model.config
+    encoded = [(ev.sequence_key(), model.items.get(ev.item_id), cfg.event_weights[ev.event_type],
+                ev.timestamp, not ev.session_id) for ev in events]
+    return ref.count_pairs(encoded, cfg.window, cfg.backward, cfg.distance, cfg.session_gap,
+                           cfg.half_life, model.anchor or 0.0)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"w{c.window}-b{c.backward}-{c.distance}-h{c.half_life}")
+def test_counts_match_the_reference_twin(config):
+    rng = np.random.default_rng(7)
+    events = random_log(rng, 300)
+    model = CoVisitModel(config)
+    model.update(events)
+    counts, pop = reference_counts(model, events)
+    indptr, indices, data = ref.to_csr(counts, model.n_items)
+    np.testing.assert_array_equal(model.indptr, indptr)
+    np.testing.assert_array_equal(model.indices, indices)
+    np.testing.assert_array_equal(model.data, data)
+    np.testing.assert_array_equal(model.popularity, [pop[i] for i in range(model.n_items)])
+
+
+def test_counts_by_hand():
+    # u1: a b c(purchase) ; u2: a c. Window 5, 1/d: a->b 1, b->c 4, a->c 4/2 + 1.
+    model = CoVisitModel(ModelConfig(window=5, distance="inverse"))
+    model.update([Event("u1", "a", "view", 1), Event("u1", "b", "view", 2),
+                  Event("u1", "c", "purchase", 3), Event("u2", "a", "view", 1), Event("u2", "c", "view", 2)])
+    a, b, c = (model.items.get(x) for x in "abc")
+    dense = np.zeros((3, 3))
+    for r in range(3):
+        for q in range(model.indptr[r], model.indptr[r + 1]):
+            dense[r, model.indices[q]] = model.data[q]
+    expected = np.zeros((3, 3))
+    expected[a, b], expected[b, c], expected[a, c] = 1.0, 4.0, 3.0
+    np.testing.assert_array_equal(dense, expected)
+    np.testing.assert_array_equal(model.popularity[[a, b, c]], [2.0, 1.0, 5.0])
+
+
+def test_user_sequences_split_at_the_session_gap_but_sessions_do_not():
+    model = CoVisitModel(ModelConfig(window=2, session_gap=10.0))
+    model.update([Event("u", "a", "view", 0), Event("u", "b", "view", 100),  # gap: no link
+                  Event("v", "a", "view", 0, "s"), Event("v", "b", "view", 100, "s")])  # session: link
+    a, b = model.items.get("a"), model.items.get("b")
+    assert model.n_links == 1 and model.indices[model.indptr[a]] == b
+    assert model.data[0] == 1.0
+
+
+def test_consecutive_repeat_is_one_visit():
+    model = CoVisitModel(ModelConfig(window=2, distance="none"))
+    model.update([Event("u", "a", "view", 0), Event("u", "a", "purchase", 1), Event("u", "b", "view", 2)])
+    assert model.n_links == 1  # a -> b once, no a -> a
+    # backward weight uses the repeated visit's larger weight
+    model = CoVisitModel(ModelConfig(window=2, distance="none", backward=1.0))
+    model.update([Event("u", "a", "view", 0), Event("u", "a", "purchase", 1), Event("u", "b", "view", 2)])
+    b = model.items.get("b")
+    assert model.data[model.indptr[b]] == 4.0
+
+
+def test_bad_event_changes_nothing():
+    model = CoVisitModel()
+    model.update([Event("u", "a", "view", 0), Event("u", "b", "view", 1)])
+    before = (model.indptr.copy(), model.data.copy(), len(model.items), model.n_events)
+    with pytest.raises(InvalidEvent, match=r"events\[1\]\.event_type"):
+        model.update([Event("u", "c", "view", 2), Event("u", "d", "like", 3)])
+    assert len(model.items) == before[2] and model.n_events == before[3]
+    np.testing.assert_array_equal(model.indptr, before[0])
+    np.testing.assert_array_equal(model.data, before[1])
+
+
+event_logs = st.lists(
+    st.tuples(st.integers(0, 3), st.integers(0, 6), st.sampled_from(TYPES),
+              st.sampled_from([0.0, 1.0, 3.0, 50.0]), st.booleans()),
+    min_size=0, max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(log=event_logs, cuts=st.lists(st.integers(0, 60), max_size=4),
+       config=st.sampled_from(CONFIGS))
+def test_incremental_update_equals_one_batch_build(log, cuts, config):
+    events, t = [], 0.0
+    for user, item, kind, dt, in_session in log:
+        t += dt
+        events.append(Event(f"u{user}", f"i{item}", kind, t, f"s{user}" if in_session else None))
+    batch = CoVisitModel(config)
+    if events:
+        batch.update(events)
+    incremental = CoVisitModel(config)
+    bounds = sorted({0, len(events), *(c for c in cuts if c <= len(events))})
+    for lo, hi in zip(bounds, bounds[1:]):
+        incremental.update(events[lo:hi])
+    for name in ("indptr", "indices", "data", "popularity"):
+        np.testing.assert_array_equal(getattr(incremental, name), getattr(batch, name), err_msg=name)
+    assert incremental.items.names() == batch.items.names()
+    one, other = batch.snapshot(), incremental.snapshot()
+    for name in ("indptr", "indices", "scores", "fill_order"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(other, name), err_msg=name)
+
+
+@pytest.mark.parametrize("method", ["raw", "cosine", "jaccard", "lift", "llr", "conditional"])
+@pytest.mark.parametrize("top_n", [1, 3, 200])
+def test_snapshot_prunes_and_scores_like_the_reference(method, top_n):
+    rng = np.random.default_rng(11)
+    events = random_log(rng, 400, n_items=12)
+    model = CoVisitModel(dataclasses.replace(ModelConfig(window=3, backward=0.5), similarity=method, top_n=top_n))
+    model.update(events)
+    snap = model.snapshot()
+    counts, _ = reference_counts(model, events)
+    expected = ref.prune(counts, method, top_n, snap.rank)
+    for row in range(snap.n_items):
+        got = [(int(i), s) for i, s in zip(snap.indices[snap.indptr[row]: snap.indptr[row + 1]],
+                                           snap.scores[snap.indptr[row]: snap.indptr[row + 1]])]
+        want = expected.get(row, [])
+        assert [i for i, _ in got] == [i for i, _ in want], f"row {row}"
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-6, atol=1e-5)
+
+
+def test_snapshot_popularity_order_and_metadata():
+    model = CoVisitModel()
+    model.update([Event("u", "a", "view", 0), Event("u", "b", "purchase", 1), Event("v", "b", "view", 2),
+                  Event("v", "c", "click", 3)])
+    snap = model.snapshot(version=4, parent=3)
+    assert [snap.items.name(i) for i in snap.fill_order] == ["b", "c", "a"]
+    assert snap.rank[snap.fill_order[0]] == 0
+    assert (snap.version, snap.parent, snap.watermark) == (4, 3, 4)
