@@ -48,18 +48,19 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            ("window", isinstance(self.window, int) and 1 <= self.window <= 1000, "an integer in 1..1000"),
+            ("window", _integer(self.window) and 1 <= self.window <= 1000, "an integer in 1..1000"),
             ("backward", _finite(self.backward) and self.backward >= 0, "a number >= 0"),
             ("distance", self.distance in DISTANCE_MODES, f"one of {sorted(DISTANCE_MODES)}"),
             ("half_life", _finite(self.half_life) and self.half_life >= 0, "seconds >= 0"),
             ("similarity", self.similarity in SIMILARITIES, f"one of {sorted(SIMILARITIES)}"),
-            ("top_n", isinstance(self.top_n, int) and 1 <= self.top_n <= 100_000, "an integer in 1..100000"),
+            ("top_n", _integer(self.top_n) and 1 <= self.top_n <= 100_000, "an integer in 1..100000"),
             ("recency", _finite(self.recency) and 0 < self.recency <= 1, "a number in (0, 1]"),
-            ("max_context", isinstance(self.max_context, int) and 1 <= self.max_context <= 1000,
+            ("max_context", _integer(self.max_context) and 1 <= self.max_context <= 1000,
              "an integer in 1..1000"),
             ("session_gap", _finite(self.session_gap) and self.session_gap > 0, "seconds > 0"),
             ("event_weights", bool(self.event_weights)
-             and all(_finite(w) and w > 0 for w in self.event_weights.values()), "positive weights"),
+             and all(isinstance(t, str) and _finite(w) and w > 0 for t, w in self.event_weights.items()),
+             "a non-empty map of event type names to positive weights"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -75,6 +76,10 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"model config: unknown settings {unknown}")
         return cls(**values)
+
+
+def _integer(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _finite(x: object) -> bool:

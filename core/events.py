@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 # The original design's weights: a purchase says more about an item than a view.
@@ -59,13 +60,20 @@ def check_event(event: Event, event_weights: dict[str, float], index: int | None
     """Raise InvalidEvent naming the first bad field of `event`."""
     _check_id("user_id", event.user_id, index)
     _check_id("item_id", event.item_id, index)
-    if event.event_type not in event_weights:
+    if not isinstance(event.event_type, str) or event.event_type not in event_weights:
         known = ", ".join(sorted(event_weights))
         raise InvalidEvent("event_type", f"unknown type {event.event_type!r} (known: {known})", index)
     ts = event.timestamp
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
+    if isinstance(ts, bool) or not isinstance(ts, numbers.Real) or not _finite_nonnegative(ts):
         raise InvalidEvent("timestamp", f"must be finite unix seconds >= 0, got {ts!r}", index)
     _check_id("session_id", event.session_id, index, optional=True)
+
+
+def _finite_nonnegative(x: numbers.Real) -> bool:
+    try:
+        return math.isfinite(x) and x >= 0
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def check_events(events: list[Event], event_weights: dict[str, float]) -> None:

@@ -9,7 +9,7 @@ what makes an incremental update bit-identical to one batch build of the whole l
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from covisit.core.kernels_topk import heap_push, heap_sort_best_first
 
@@ -86,14 +86,16 @@ def emit_pairs(seqs, items, weights, times, hist_items, hist_w, hist_n, last_tim
     return n
 
 
-@njit(nogil=True, cache=True)
-def merge_pairs(indptr, indices, data, n_rows, n_cols, rows, cols, vals):
-    """Add pairs to a CSR of exact counts (sorted columns per row); returns the new CSR.
+@njit(nogil=True, cache=True, parallel=True)
+def merge_pairs(indptr, indices, data, n_rows, n_cols, rows, cols, vals, n_threads):
+    """Add pairs to a CSR of exact counts; returns the new CSR.
 
-    Each cell starts from its old value and adds its pairs in the order given, so the result
-    does not depend on how a log was cut into batches.
+    Each cell starts from its old value and adds its pairs in the order given; a row keeps
+    its columns in order of first appearance. So the result does not depend on how a log
+    was cut into batches. Rows are merged in `n_threads` independent chunks.
     """
     old_rows = indptr.shape[0] - 1
+    old_nnz = indptr[old_rows]
     n_pairs = rows.shape[0]
     # Stable counting sort of the pairs by row.
     start = np.zeros(n_rows + 1, dtype=np.int64)
@@ -110,54 +112,56 @@ def merge_pairs(indptr, indices, data, n_rows, n_cols, rows, cols, vals):
         bvals[q] = vals[p]
         fill[rows[p]] = q + 1
 
-    # Row lengths after the merge: old columns plus the distinct new ones.
-    stamp = np.full(n_cols, -1, dtype=np.int64)
+    # Merge each touched row into its own region of a scratch buffer; a row can grow at most
+    # by its number of pairs, so region r starts at old_start(r) + start[r].
+    lengths = np.empty(n_rows, dtype=np.int64)
+    scratch_i = np.empty(old_nnz + n_pairs, dtype=np.int32)
+    scratch_d = np.empty(old_nnz + n_pairs, dtype=np.float64)
+    chunk = (n_rows + n_threads - 1) // n_threads
+    for t in prange(n_threads):
+        seen = np.full(n_cols, -1, dtype=np.int32)  # row that last saw the column
+        where = np.empty(n_cols, dtype=np.int32)  # its position in that row
+        for r in range(t * chunk, min(n_rows, (t + 1) * chunk)):
+            lo = indptr[min(r, old_rows)]
+            hi = indptr[r + 1] if r < old_rows else lo
+            m = hi - lo
+            lengths[r] = m
+            if start[r] == start[r + 1]:
+                continue
+            out = lo + start[r]
+            for q in range(m):
+                c = indices[lo + q]
+                scratch_i[out + q] = c
+                scratch_d[out + q] = data[lo + q]
+                seen[c] = r
+                where[c] = q
+            for q in range(start[r], start[r + 1]):
+                c = bcols[q]
+                if seen[c] != r:
+                    seen[c] = r
+                    where[c] = m
+                    scratch_i[out + m] = c
+                    scratch_d[out + m] = 0.0
+                    m += 1
+                scratch_d[out + where[c]] += bvals[q]
+            lengths[r] = m
+
     new_indptr = np.zeros(n_rows + 1, dtype=np.int64)
     for r in range(n_rows):
-        lo = indptr[r] if r < old_rows else 0
-        hi = indptr[r + 1] if r < old_rows else 0
-        length = hi - lo
-        for q in range(lo, hi):
-            stamp[indices[q]] = r
-        for q in range(start[r], start[r + 1]):
-            if stamp[bcols[q]] != r:
-                stamp[bcols[q]] = r
-                length += 1
-        new_indptr[r + 1] = new_indptr[r] + length
-
-    nnz = new_indptr[n_rows]
-    new_indices = np.empty(nnz, dtype=np.int32)
-    new_data = np.empty(nnz, dtype=np.float64)
-    where = np.empty(n_cols, dtype=np.int64)
-    for r in range(n_rows):
-        lo = indptr[r] if r < old_rows else 0
-        hi = indptr[r + 1] if r < old_rows else 0
-        out = new_indptr[r]
-        m = hi - lo
-        new_indices[out: out + m] = indices[lo:hi]
-        new_data[out: out + m] = data[lo:hi]
-        if start[r] == start[r + 1]:
-            continue
-        tag = n_rows + r  # differs from every stamp of the pass above
-        for q in range(m):
-            stamp[new_indices[out + q]] = tag
-            where[new_indices[out + q]] = out + q
-        for q in range(start[r], start[r + 1]):
-            c = bcols[q]
-            if stamp[c] != tag:
-                stamp[c] = tag
-                where[c] = out + m
-                new_indices[out + m] = c
-                new_data[out + m] = 0.0
-                m += 1
-            new_data[where[c]] += bvals[q]
-        if m > hi - lo:  # new columns were appended: restore column order
-            order = np.argsort(new_indices[out: out + m], kind="mergesort")
-            seg_i = new_indices[out: out + m].copy()
-            seg_d = new_data[out: out + m].copy()
-            for q in range(m):
-                new_indices[out + q] = seg_i[order[q]]
-                new_data[out + q] = seg_d[order[q]]
+        new_indptr[r + 1] = new_indptr[r] + lengths[r]
+    new_indices = np.empty(new_indptr[n_rows], dtype=np.int32)
+    new_data = np.empty(new_indptr[n_rows], dtype=np.float64)
+    for t in prange(n_threads):
+        for r in range(t * chunk, min(n_rows, (t + 1) * chunk)):
+            out, m = new_indptr[r], lengths[r]
+            if start[r] == start[r + 1]:  # untouched: straight from the old arrays
+                lo = indptr[r] if r < old_rows else 0
+                src_i, src_d = indices[lo: lo + m], data[lo: lo + m]
+            else:
+                lo = indptr[min(r, old_rows)] + start[r]
+                src_i, src_d = scratch_i[lo: lo + m], scratch_d[lo: lo + m]
+            new_indices[out: out + m] = src_i
+            new_data[out: out + m] = src_d
     return new_indptr, new_indices, new_data
 
 

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 
 from covisit.core import kernels_build as kb
@@ -25,8 +26,10 @@ log = logging.getLogger(__name__)
 
 
 class CoVisitModel:
-    def __init__(self, config: ModelConfig | None = None):
+    def __init__(self, config: ModelConfig | None = None, threads: int | None = None):
         self.config = config or ModelConfig()
+        # Merge threads: all cores for a batch build; 1 when serving shares the machine.
+        self.threads = threads or numba.config.NUMBA_NUM_THREADS
         self.items = IdMap()
         self.sequences = IdMap()
         self.n_events = 0
@@ -115,7 +118,7 @@ class CoVisitModel:
             float(self.anchor or 0.0), rows, cols, vals, self.popularity)
         self.indptr, self.indices, self.data = kb.merge_pairs(
             self.indptr, self.indices, self.data, n_items, n_items,
-            rows[:n_pairs], cols[:n_pairs], vals[:n_pairs])
+            rows[:n_pairs], cols[:n_pairs], vals[:n_pairs], self.threads)
         self.n_events += n
         return int(n_pairs)
 

@@ -80,15 +80,20 @@ class Snapshot:
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write arrays and metadata; the metadata file goes last, so its presence marks a whole save."""
+        """Write arrays, then metadata: only a directory with metadata holds a whole save.
+
+        Each file is written aside and renamed into place, so saving over a snapshot that is
+        still memory-mapped (even this one) never truncates the arrays under the reader."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
+        (path / METADATA_FILE).unlink(missing_ok=True)  # the old save is no longer whole
         blob, offsets = self.items.to_arrays()
         arrays = {"item_bytes": blob, "item_offsets": offsets}
         for name in ARRAYS:
             array = arrays.get(name)
-            np.save(path / f"{name}.npy", getattr(self, name) if array is None else array,
-                    allow_pickle=False)
+            tmp = path / f"{name}.tmp.npy"
+            np.save(tmp, getattr(self, name) if array is None else array, allow_pickle=False)
+            os.replace(tmp, path / f"{name}.npy")
         tmp = path / (METADATA_FILE + ".tmp")
         tmp.write_text(json.dumps(self.metadata(), indent=2, sort_keys=True))
         os.replace(tmp, path / METADATA_FILE)
@@ -117,7 +122,7 @@ class Snapshot:
                 array = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
             except FileNotFoundError:
                 raise SnapshotError(f"{file}: missing") from None
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, EOFError) as exc:
                 raise SnapshotError(f"{file}: unreadable ({exc})") from None
             if array.dtype != dtype or array.ndim != ndim:
                 raise SnapshotError(f"{file}: expected {np.dtype(dtype)} with {ndim} dims, "

@@ -47,6 +47,16 @@ def to_csr(counts: dict, n_rows: int):
             np.array([counts[c] for c in cells], dtype=np.float64))
 
 
+def sort_rows(indptr, indices, data):
+    """Columns sorted within each row (the kernels keep first-appearance order)."""
+    indices, data = indices.copy(), data.copy()
+    for r in range(len(indptr) - 1):
+        lo, hi = indptr[r], indptr[r + 1]
+        order = np.argsort(indices[lo:hi], kind="stable")
+        indices[lo:hi], data[lo:hi] = indices[lo:hi][order], data[lo:hi][order]
+    return indices, data
+
+
 def _llr(k11, k12, k21, k22):
     def h(*xs):
         return sum(x * math.log(x) for x in xs if x > 0)
