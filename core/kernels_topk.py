@@ -99,7 +99,7 @@ def _contains_sorted(arr, x):
     return lo < arr.shape[0] and arr[lo] == x
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _table_slot(keys, mask, item):
     """Slot of `item` in an open-addressing table, or of the empty slot where it would go."""
     h = (np.int64(item) * _HASH_MUL) & mask
@@ -154,6 +154,8 @@ def recommend_into(indptr, indices, scores, rank, fill_order, ctx, recency, excl
         item = keys[h]
         if item == -1:
             continue
+        if size == k and not _worse(out_scores[0], out_items[0], vals[h], item, rank):
+            continue  # cannot enter a full heap: skip the call
         if exclude.shape[0] and _contains_sorted(exclude, item):
             continue
         if use_allowed and not _contains_sorted(allowed, item):

@@ -1,0 +1,161 @@
+"""Core benchmarks on a seeded synthetic Zipf log: build throughput, scoring latency, memory.
+
+Prints one JSON object per figure, then a table beside the targets. Run: `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numba
+import numpy as np
+
+from covisit.core import kernels_topk as kt
+from covisit.core.config import ModelConfig
+from covisit.core.interning import IdMap
+from covisit.core.model import CoVisitModel
+from covisit.core.scoring import recommend
+from covisit.core.synthetic import zipf_log
+
+BUILDS = {
+    # name -> (config, target events/s)
+    "consecutive (W=1)": (ModelConfig(window=1, distance="none"), 10e6),
+    "symmetric window (W=5)": (ModelConfig(window=5, backward=1.0), 2.5e6),
+}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def new_model(config: ModelConfig, n_items: int) -> CoVisitModel:
+    model = CoVisitModel(config)
+    model.items = IdMap(map(str, range(n_items)))
+    return model
+
+
+def bench_build(log, name, config):
+    warm = new_model(config, log.n_items)  # compile (or load cached) kernels outside the timing
+    warm.update_encoded(log.seqs[:1000], log.items[:1000], log.weights[:1000], log.times[:1000])
+    model = new_model(config, log.n_items)
+    started = time.perf_counter()
+    model.update_encoded(log.seqs, log.items, log.weights, log.times)
+    seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    snap = model.snapshot()
+    snap_seconds = time.perf_counter() - started
+    exact_bytes = model.indptr.nbytes + model.indices.nbytes + model.data.nbytes
+    csr_bytes = snap.indptr.nbytes + snap.indices.nbytes + snap.scores.nbytes
+    return model, snap, {
+        "bench": "build", "model": name, "events": len(log.items), "items": log.n_items,
+        "seconds": seconds, "events_per_s": len(log.items) / seconds,
+        "exact_links": model.n_links, "exact_bytes_per_link": exact_bytes / max(model.n_links, 1),
+        "snapshot_seconds": snap_seconds, "serving_links": snap.n_links,
+        "serving_csr_bytes_per_link": csr_bytes / max(snap.n_links, 1),
+        "serving_total_bytes_per_link": snap.nbytes() / max(snap.n_links, 1),
+    }
+
+
+def bench_scoring(snap, log, n_requests: int, context: int, seed: int):
+    """Latency of one 10-item context: the kernel alone, and the whole Python call."""
+    rng = np.random.default_rng(seed)
+    # contexts drawn from real sessions of the log, so popular (long) rows are hit as often as in traffic
+    starts = rng.integers(0, len(log.items) - context, size=n_requests)
+    contexts = [np.ascontiguousarray(log.items[s: s + context]) for s in starts]
+    k = 10
+    keys = np.empty(kt.table_size(np.array([0, context * snap.config.top_n], np.int64),
+                                  np.zeros(1, np.int32)), np.int32)
+    vals = np.empty(len(keys), np.float32)
+    out_i, out_s, out_src = np.empty(k, np.int32), np.empty(k, np.float32), np.empty(k, np.int8)
+    empty = np.empty(0, np.int32)
+    kernel_ns = np.empty(n_requests, np.int64)
+    for r, ctx in enumerate(contexts):
+        exclude = np.unique(ctx)
+        t0 = time.perf_counter_ns()
+        kt.recommend_into(snap.indptr, snap.indices, snap.scores, snap.rank, snap.fill_order, ctx,
+                          0.5, exclude, empty, False, keys, vals, out_i, out_s, out_src)
+        kernel_ns[r] = time.perf_counter_ns() - t0
+    names = [[str(i) for i in ctx] for ctx in contexts]
+    call_ns = np.empty(n_requests, np.int64)
+    for r, ctx in enumerate(names):
+        t0 = time.perf_counter_ns()
+        recommend(snap, ctx, k)
+        call_ns[r] = time.perf_counter_ns() - t0
+    entries = np.mean([int((snap.indptr[c + 1] - snap.indptr[c]).sum()) for c in contexts[:2000]])
+    return [{"bench": "recommend", "path": path, "context_items": context, "k": k,
+             "requests": n_requests, "mean_neighbours_scanned": float(entries),
+             "p50_us": float(np.percentile(ns, 50)) / 1e3, "p99_us": float(np.percentile(ns, 99)) / 1e3}
+            for path, ns in (("kernel", kernel_ns), ("python call", call_ns))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--json-out", help="also write all results to this JSON file")
+    args = parser.parse_args()
+
+    machine = {"bench": "machine", "cpu": cpu_model(), "cores": os.cpu_count(),
+               "numba_threads": numba.config.NUMBA_NUM_THREADS, "numba": numba.__version__,
+               "numpy": np.__version__, "python": platform.python_version()}
+    results = [machine]
+    print(json.dumps(machine), flush=True)
+    started = time.perf_counter()
+    log = zipf_log(args.events, args.items, seed=args.seed)
+    print(json.dumps({"bench": "generate", "events": args.events, "items": args.items,
+                      "seconds": time.perf_counter() - started}), flush=True)
+    snap = None
+    for name, (config, _) in BUILDS.items():
+        model, snap, row = bench_build(log, name, config)
+        del model
+        row["rss_after_build_bytes"] = rss_bytes()
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    for row in bench_scoring(snap, log, args.requests, 10, args.seed):
+        results.append(row)
+        print(json.dumps(row), flush=True)
+
+    print()
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores")
+    print(f"{'figure':<58}{'measured':>14}{'target':>14}")
+    for name, (_, target) in BUILDS.items():
+        row = next(r for r in results if r.get("model") == name)
+        print(f"{'build ' + name + ', events/s':<58}{row['events_per_s'] / 1e6:>13.2f}M{target / 1e6:>13.1f}M")
+    for row in results:
+        if row["bench"] == "recommend":
+            label = f"recommend {row['context_items']}-item context ({row['path']}), p50 / p99 us"
+            target = "25" if row["path"] == "kernel" else "-"
+            print(f"{label:<58}{row['p50_us']:>6.1f} /{row['p99_us']:>6.1f}{target:>14}")
+    last = results[len(BUILDS)]
+    print(f"{'serving snapshot (' + last['model'] + '): links':<58}{last['serving_links']:>14,}")
+    print(f"{'serving CSR bytes per link':<58}{last['serving_csr_bytes_per_link']:>14.2f}{'12':>14}")
+    print(f"{'serving snapshot bytes per link (all arrays)':<58}{last['serving_total_bytes_per_link']:>14.2f}")
+    print(f"{'exact-count store bytes per link (float64 counts)':<58}{last['exact_bytes_per_link']:>14.2f}")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
