@@ -12,7 +12,9 @@ from covisit.core.events import DEFAULT_EVENT_WEIGHTS
 
 def test_defaults_are_valid():
     cfg = ModelConfig()
-    assert cfg.window == 5
+    # the documented defaults (README, "Evaluation")
+    assert (cfg.window, cfg.backward, cfg.distance, cfg.similarity, cfg.recency) == (
+        2, 0.1, "inverse", "conditional", 0.3)
     assert cfg.distance in DISTANCE_MODES
     assert cfg.similarity in SIMILARITIES
     assert cfg.event_weights == DEFAULT_EVENT_WEIGHTS
