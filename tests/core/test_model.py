@@ -20,6 +20,8 @@ CONFIGS = [
     ModelConfig(window=4, backward=0.3, distance="none", half_life=50.0, session_gap=30.0),
 ]
 TYPES = ["view", "click", "add_to_cart", "purchase"]
+# directed raw counts, so hand-computed figures stay readable
+RAW = ModelConfig(window=2, backward=0.0, distance="inverse", similarity="raw")
 
 
 def random_log(rng, n, n_users=4, n_items=9):
@@ -57,7 +59,7 @@ def test_counts_match_the_reference_twin(config):
 
 def test_counts_by_hand():
     # u1: a b c(purchase) ; u2: a c. Window 5, 1/d: a->b 1, b->c 4, a->c 4/2 + 1.
-    model = CoVisitModel(ModelConfig(window=5, distance="inverse"))
+    model = CoVisitModel(dataclasses.replace(RAW, window=5))
     model.update([Event("u1", "a", "view", 1), Event("u1", "b", "view", 2),
                   Event("u1", "c", "purchase", 3), Event("u2", "a", "view", 1), Event("u2", "c", "view", 2)])
     a, b, c = (model.items.get(x) for x in "abc")
@@ -72,7 +74,7 @@ def test_counts_by_hand():
 
 
 def test_user_sequences_split_at_the_session_gap_but_sessions_do_not():
-    model = CoVisitModel(ModelConfig(window=2, session_gap=10.0))
+    model = CoVisitModel(dataclasses.replace(RAW, session_gap=10.0))
     model.update([Event("u", "a", "view", 0), Event("u", "b", "view", 100),  # gap: no link
                   Event("v", "a", "view", 0, "s"), Event("v", "b", "view", 100, "s")])  # session: link
     a, b = model.items.get("a"), model.items.get("b")
@@ -81,11 +83,11 @@ def test_user_sequences_split_at_the_session_gap_but_sessions_do_not():
 
 
 def test_consecutive_repeat_is_one_visit():
-    model = CoVisitModel(ModelConfig(window=2, distance="none"))
+    model = CoVisitModel(dataclasses.replace(RAW, distance="none"))
     model.update([Event("u", "a", "view", 0), Event("u", "a", "purchase", 1), Event("u", "b", "view", 2)])
     assert model.n_links == 1  # a -> b once, no a -> a
     # backward weight uses the repeated visit's larger weight
-    model = CoVisitModel(ModelConfig(window=2, distance="none", backward=1.0))
+    model = CoVisitModel(dataclasses.replace(RAW, distance="none", backward=1.0))
     model.update([Event("u", "a", "view", 0), Event("u", "a", "purchase", 1), Event("u", "b", "view", 2)])
     b = model.items.get("b")
     assert model.data[model.indptr[b]] == 4.0

@@ -63,7 +63,7 @@ def test_heap_keeps_the_k_best_in_order(seed):
 @pytest.fixture(scope="module")
 def shop():
     # Two visitors buy a -> b -> c, one views a -> d; item e is only popular.
-    model = CoVisitModel(ModelConfig(window=2, distance="inverse", recency=0.5))
+    model = CoVisitModel(ModelConfig(window=2, backward=0.0, distance="inverse", similarity="raw", recency=0.5))
     events = []
     for u in ("u1", "u2"):
         events += [Event(u, "a", "view", 1), Event(u, "b", "view", 2), Event(u, "c", "purchase", 3)]
