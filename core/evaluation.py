@@ -23,6 +23,7 @@ from covisit.core.config import ModelConfig
 from covisit.core.events import Event
 from covisit.core.interning import IdMap
 from covisit.core.model import CoVisitModel
+from covisit.core.scoring import new_scratch, scratch_size
 
 log = logging.getLogger(__name__)
 DAY = 86400.0
@@ -210,16 +211,12 @@ def rank_covisit(split: Split, tasks: Tasks, k: int, config: ModelConfig, batch:
     out_scores = np.empty((n_q, k), dtype=np.float32)
     out_sources = np.empty((n_q, k), dtype=np.int8)
     out_n = np.empty(n_q, dtype=np.int64)
-    max_row = int(np.diff(snap.indptr).max(initial=0))
-    size = kt.table_size(np.array([0, max_row * config.max_context], dtype=np.int64),
-                         np.zeros(1, dtype=np.int32))
-    keys = np.empty(size, dtype=np.int32)
-    vals = np.empty(size, dtype=np.float32)
+    keys, vals, slots = new_scratch(scratch_size(snap, config.max_context))
     for lo in tqdm(range(0, n_q, batch), desc="rank", unit="batch", disable=not progress):
         hi = min(lo + batch, n_q)
         kt.recommend_batch(snap.indptr, snap.indices, snap.scores, snap.rank, snap.fill_order,
                            tasks.ctx_indptr[lo: hi + 1], tasks.ctx_items, config.max_context,
-                           config.recency, config.exclude_context, keys, vals,
+                           config.recency, config.exclude_context, keys, vals, slots,
                            out_items[lo:hi], out_scores[lo:hi], out_sources[lo:hi], out_n[lo:hi])
     return out_items
 

@@ -122,11 +122,11 @@ def table_size(indptr, ctx):
 
 @njit(cache=True)
 def recommend_into(indptr, indices, scores, rank, fill_order, ctx, recency, exclude, allowed,
-                   use_allowed, keys, vals, out_items, out_scores, out_sources):
+                   use_allowed, keys, vals, slots, out_items, out_scores, out_sources):
     """Top-k for one context; k = len(out_items). Returns how many slots were filled.
 
     ctx: item ids, newest last; the row of the item `a` places before the newest is weighted
-    recency**a. exclude / allowed: sorted item ids. keys / vals: scratch of at least
+    recency**a. exclude / allowed: sorted item ids. keys / vals / slots: scratch of at least
     table_size(indptr, ctx) entries. Slots that co-visitation cannot fill come from
     `fill_order` (most popular first) and are marked SOURCE_POPULARITY.
     """
@@ -135,6 +135,10 @@ def recommend_into(indptr, indices, scores, rank, fill_order, ctx, recency, excl
         return 0
     mask = table_size(indptr, ctx) - 1
     keys[: mask + 1] = -1
+    vals[: mask + 1] = 0.0
+    # Sum the rows into an open-addressing table. Branch-free on purpose: whether an item is
+    # new is unpredictable, and mispredictions cost more here than the arithmetic.
+    used = 0  # slots[:used] lists the occupied table slots
     n = ctx.shape[0]
     weight = np.float32(1.0)
     for a in range(n):  # newest first
@@ -142,18 +146,16 @@ def recommend_into(indptr, indices, scores, rank, fill_order, ctx, recency, excl
         for q in range(indptr[c], indptr[c + 1]):
             item = indices[q]
             h = _table_slot(keys, mask, item)
-            if keys[h] == -1:
-                keys[h] = item
-                vals[h] = weight * scores[q]
-            else:
-                vals[h] += weight * scores[q]
+            slots[used] = h
+            used += keys[h] == -1
+            keys[h] = item
+            vals[h] += weight * scores[q]
         weight *= np.float32(recency)
 
     size = 0
-    for h in range(mask + 1):
+    for j in range(used):
+        h = slots[j]
         item = keys[h]
-        if item == -1:
-            continue
         if size == k and not _worse(out_scores[0], out_items[0], vals[h], item, rank):
             continue  # cannot enter a full heap: skip the call
         if exclude.shape[0] and _contains_sorted(exclude, item):
@@ -185,7 +187,7 @@ def recommend_into(indptr, indices, scores, rank, fill_order, ctx, recency, excl
 
 @njit(cache=True)
 def recommend_batch(indptr, indices, scores, rank, fill_order, ctx_indptr, ctx_items, max_context,
-                    recency, exclude_context, keys, vals, out_items, out_scores, out_sources, out_n):
+                    recency, exclude_context, keys, vals, slots, out_items, out_scores, out_sources, out_n):
     """recommend_into for many contexts (ctx_items[ctx_indptr[q]:ctx_indptr[q+1]], newest last).
 
     Each context keeps its newest `max_context` items; out_* have one row per context."""
@@ -195,4 +197,5 @@ def recommend_batch(indptr, indices, scores, rank, fill_order, ctx_indptr, ctx_i
         ctx = ctx_items[lo: ctx_indptr[q + 1]]
         exclude = np.sort(ctx) if exclude_context else empty
         out_n[q] = recommend_into(indptr, indices, scores, rank, fill_order, ctx, recency, exclude,
-                                  empty, False, keys, vals, out_items[q], out_scores[q], out_sources[q])
+                                  empty, False, keys, vals, slots, out_items[q], out_scores[q],
+                                  out_sources[q])

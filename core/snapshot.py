@@ -6,6 +6,7 @@ assignment. Saved snapshots load with mmap_mode='r'; nothing is ever pickled.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -60,6 +61,11 @@ class Snapshot:
     @property
     def n_links(self) -> int:
         return int(self.indptr[-1])
+
+    @functools.cached_property
+    def max_row_length(self) -> int:
+        """Neighbours in the longest row (sizes the request kernel's scratch table)."""
+        return int(np.diff(self.indptr).max(initial=0))
 
     def nbytes(self) -> int:
         """Bytes of the serving arrays (excluding the id strings)."""

@@ -18,7 +18,7 @@ from covisit.core import kernels_topk as kt
 from covisit.core.config import ModelConfig
 from covisit.core.interning import IdMap
 from covisit.core.model import CoVisitModel
-from covisit.core.scoring import recommend
+from covisit.core.scoring import new_scratch, recommend, scratch_size
 from covisit.core.synthetic import zipf_log
 
 BUILDS = {
@@ -82,9 +82,7 @@ def bench_scoring(snap, log, n_requests: int, context: int, seed: int):
     starts = rng.integers(0, len(log.items) - context, size=n_requests)
     contexts = [np.ascontiguousarray(log.items[s: s + context]) for s in starts]
     k = 10
-    keys = np.empty(kt.table_size(np.array([0, context * snap.config.top_n], np.int64),
-                                  np.zeros(1, np.int32)), np.int32)
-    vals = np.empty(len(keys), np.float32)
+    keys, vals, slots = new_scratch(scratch_size(snap, context))
     out_i, out_s, out_src = np.empty(k, np.int32), np.empty(k, np.float32), np.empty(k, np.int8)
     empty = np.empty(0, np.int32)
     kernel_ns = np.empty(n_requests, np.int64)
@@ -92,7 +90,7 @@ def bench_scoring(snap, log, n_requests: int, context: int, seed: int):
         exclude = np.unique(ctx)
         t0 = time.perf_counter_ns()
         kt.recommend_into(snap.indptr, snap.indices, snap.scores, snap.rank, snap.fill_order, ctx,
-                          0.5, exclude, empty, False, keys, vals, out_i, out_s, out_src)
+                          snap.config.recency, exclude, empty, False, keys, vals, slots, out_i, out_s, out_src)
         kernel_ns[r] = time.perf_counter_ns() - t0
     names = [[str(i) for i in ctx] for ctx in contexts]
     call_ns = np.empty(n_requests, np.int64)

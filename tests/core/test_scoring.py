@@ -7,7 +7,7 @@ from covisit.core import kernels_topk as kt
 from covisit.core.config import ModelConfig
 from covisit.core.events import Event
 from covisit.core.model import CoVisitModel
-from covisit.core.scoring import recommend, similar_items
+from covisit.core.scoring import new_scratch, recommend, similar_items
 
 from . import reference as ref
 
@@ -34,11 +34,11 @@ def test_recommend_kernel_matches_reference(seed):
     allowed = np.unique(rng.integers(0, n, size=25)).astype(np.int32) if seed % 2 else None
     k = int(rng.integers(1, 30))
     size = kt.table_size(indptr, ctx)
-    keys, vals = np.empty(size, np.int32), np.empty(size, np.float32)
+    keys, vals, slots = new_scratch(size)
     out_i, out_s, out_src = np.empty(k, np.int32), np.empty(k, np.float32), np.empty(k, np.int8)
     got_n = kt.recommend_into(indptr, indices, scores, rank, fill_order, ctx, 0.5, exclude,
                               np.empty(0, np.int32) if allowed is None else allowed, allowed is not None,
-                              keys, vals, out_i, out_s, out_src)
+                              keys, vals, slots, out_i, out_s, out_src)
     got = [(int(i), float(s), int(src)) for i, s, src in zip(out_i[:got_n], out_s[:got_n], out_src[:got_n])]
     want = ref.recommend(indptr, indices, scores, rank, fill_order, list(ctx), 0.5, set(exclude.tolist()),
                          None if allowed is None else set(allowed.tolist()), k)
