@@ -72,8 +72,8 @@ def _read(args: argparse.Namespace) -> ReadReport:
 
 def cmd_build(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    model = CoVisitModel(_model_config(args))  # a bad setting fails before the read
     events = sorted(_read(args).events, key=lambda e: e.timestamp)
-    model = CoVisitModel(_model_config(args))
     for lo in tqdm(range(0, len(events), BUILD_BATCH), desc="build", unit="batch", disable=args.quiet):
         model.update(events[lo: lo + BUILD_BATCH])
     snap = model.snapshot(version=1)
