@@ -24,67 +24,54 @@ def _worse(s_a, i_a, s_b, i_b, rank):
 
 
 @njit(cache=True)
+def _sift_down(heap_s, heap_i, end, s, i, rank):
+    """Place (s, i) at the root of heap[:end] and sink it to where it belongs."""
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= end:
+            break
+        if child + 1 < end and _worse(heap_s[child + 1], heap_i[child + 1], heap_s[child], heap_i[child], rank):
+            child += 1
+        if not _worse(heap_s[child], heap_i[child], s, i, rank):
+            break
+        heap_s[pos] = heap_s[child]
+        heap_i[pos] = heap_i[child]
+        pos = child
+    heap_s[pos] = s
+    heap_i[pos] = i
+
+
+@njit(cache=True)
 def heap_push(heap_s, heap_i, size, s, i, rank):
     """Offer (s, i) to a min-heap of capacity len(heap_s) whose root is the worst kept entry.
 
     Returns the new size."""
     k = heap_s.shape[0]
-    if size < k:
-        pos = size
-        size += 1
-    elif _worse(heap_s[0], heap_i[0], s, i, rank):
-        pos = 0  # replace the root, then sift down
-        while True:
-            child = 2 * pos + 1
-            if child >= k:
-                break
-            if child + 1 < k and _worse(heap_s[child + 1], heap_i[child + 1], heap_s[child], heap_i[child], rank):
-                child += 1
-            if _worse(heap_s[child], heap_i[child], s, i, rank):
-                heap_s[pos] = heap_s[child]
-                heap_i[pos] = heap_i[child]
-                pos = child
-            else:
-                break
-        heap_s[pos] = s
-        heap_i[pos] = i
+    if size == k:
+        if _worse(heap_s[0], heap_i[0], s, i, rank):
+            _sift_down(heap_s, heap_i, k, s, i, rank)  # replaces the root
         return size
-    else:
-        return size
+    pos = size
     while pos > 0:  # sift up a new leaf
         parent = (pos - 1) // 2
-        if _worse(s, i, heap_s[parent], heap_i[parent], rank):
-            heap_s[pos] = heap_s[parent]
-            heap_i[pos] = heap_i[parent]
-            pos = parent
-        else:
+        if not _worse(s, i, heap_s[parent], heap_i[parent], rank):
             break
+        heap_s[pos] = heap_s[parent]
+        heap_i[pos] = heap_i[parent]
+        pos = parent
     heap_s[pos] = s
     heap_i[pos] = i
-    return size
+    return size + 1
 
 
 @njit(cache=True)
 def heap_sort_best_first(heap_s, heap_i, size, rank):
-    """Order the first `size` heap entries best first, in place."""
+    """Order the first `size` heap entries best first, in place: the worst goes last."""
     for end in range(size - 1, 0, -1):
         s, i = heap_s[end], heap_i[end]
         heap_s[end], heap_i[end] = heap_s[0], heap_i[0]
-        pos = 0
-        while True:
-            child = 2 * pos + 1
-            if child >= end:
-                break
-            if child + 1 < end and _worse(heap_s[child + 1], heap_i[child + 1], heap_s[child], heap_i[child], rank):
-                child += 1
-            if _worse(heap_s[child], heap_i[child], s, i, rank):
-                heap_s[pos] = heap_s[child]
-                heap_i[pos] = heap_i[child]
-                pos = child
-            else:
-                break
-        heap_s[pos] = s
-        heap_i[pos] = i
+        _sift_down(heap_s, heap_i, end, s, i, rank)
 
 
 @njit(cache=True, inline="always")
