@@ -1,15 +1,25 @@
-"""Numba kernels that build the model: emit co-visitation pairs, merge them into exact counts,
-and turn exact counts into the pruned, normalised serving CSR.
+"""Numba kernels that build the model: count co-visitation pairs, emit them into per-row buckets,
+merge the buckets into exact counts, and turn exact counts into the pruned, normalised serving CSR.
 
 All `nogil=True`, so a background build never stalls serving threads. Exact counts are float64
 and every pair is added to its cell in log order, in batch and incremental builds alike: that is
 what makes an incremental update bit-identical to one batch build of the whole log.
+
+What a build costs here is memory traffic: fresh pages (a first touch costs more than the work
+done on them), and cache misses on per-sequence state and per-row positions that are read in
+random order. So pairs are written once, straight into their row's bucket; the merged rows are
+packed inside the bucket buffer itself, which is then shrunk in place; and the event walks
+prefetch the state of the events a little ahead.
 """
 
 import math
 
+import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from covisit.core.kernels_topk import heap_push, heap_sort_best_first
 
@@ -25,6 +35,33 @@ SIM_LLR = 4
 SIM_CONDITIONAL = 5  # count / row total: P(next = j | i)
 
 
+AHEAD = 16  # how far ahead (events, or pairs in a merge) a prefetch runs; best of 8..64
+
+if numba.config.DISABLE_JIT:
+    def _prefetch(arr, i):
+        """Plain-Python stand-in: a prefetch is only a hint."""
+else:
+    @intrinsic
+    def _prefetch(typingctx, arr, i):
+        """Ask the CPU to fetch the cache line that starts row `i` of `arr` (llvm.prefetch, for
+        writing). Only a hint: it never faults and never changes a result."""
+        def codegen(context, builder, signature, args):
+            arr_type, i_type = signature.args
+            array = context.make_array(arr_type)(context, builder, args[0])
+            stride = cgutils.unpack_tuple(builder, array.strides, arr_type.ndim)[0]
+            offset = builder.mul(context.cast(builder, args[1], i_type, types.intp), stride)
+            address = builder.add(builder.ptrtoint(array.data, offset.type), offset)
+            i8_ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8_ptr, i32, i32, i32]),
+                "llvm.prefetch.p0")
+            # write access, high locality, data cache
+            builder.call(fn, [builder.inttoptr(address, i8_ptr), ir.Constant(i32, 1),
+                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+        return types.void(arr, i), codegen
+
+
 @njit(nogil=True, cache=True)
 def _distance_weight(mode, d, window):
     if mode == DIST_INVERSE:
@@ -35,134 +72,253 @@ def _distance_weight(mode, d, window):
 
 
 @njit(nogil=True, cache=True)
-def emit_pairs(seqs, items, weights, times, hist_items, hist_w, hist_n, last_time, uses_gap,
-               window, backward, dist_mode, gap, half_life, anchor,
-               out_rows, out_cols, out_vals, pop):
-    """Walk events in log order and write the (row, col, value) pairs they create.
+def _walk(lo, hi, seqs, items, weights, times, hist_items, hist_w, hist_n, last_time, uses_gap,
+          backward, dist_mode, gap, half_life, anchor, emit, per_row, cols, vals, pop):
+    """Walk events lo..hi in log order, moving the sequence state along; returns the pairs made.
 
-    Per sequence s the state is its last `window` items (ring buffer hist_items[s] / hist_w[s],
-    hist_n[s] events so far) and last event time; it is updated in place, so the next call
-    links its first events to the items this call saw last. A consecutive repeat of the same
-    item is one visit (no self pair; the visit keeps the larger weight). `pop` gets each event's
-    weight. out_* need room for len(items) * window * (2 if backward else 1) pairs.
-    Returns the number of pairs written.
+    The state of sequence s is its last `window` items (ring buffer hist_items[s] / hist_w[s],
+    hist_n[s] visits so far) and its last event time. A gap longer than `gap` starts a new
+    session of a user. A consecutive repeat of the same item is one visit (no pair; the visit
+    keeps the larger weight). Otherwise item b links to each of the last `window` items a != b:
+    pair (a, b), and (b, a) if `backward`.
+    Counting walk (not `emit`): per_row[r] += the pairs of row r, pop[item] += event weight.
+    Emitting walk: each pair's (col, value) goes to cols/vals at per_row[row], which advances.
     """
-    n = 0
-    for e in range(items.shape[0]):
+    window = hist_items.shape[1]
+    n_pairs = 0
+    for e in range(lo, hi):
+        if e + AHEAD < hi:  # prefetch the state and row entry an event ahead will use
+            s = seqs[e + AHEAD]
+            _prefetch(hist_items, s)
+            _prefetch(hist_w, s)
+            _prefetch(hist_n, s)
+            _prefetch(last_time, s)
+            _prefetch(uses_gap, s)
+            _prefetch(per_row, items[e + AHEAD])
+            if not emit:
+                _prefetch(pop, items[e + AHEAD])
+        if emit and e + AHEAD // 2 < hi:  # and the bucket slot of its reverse pair
+            q = per_row[items[e + AHEAD // 2]]
+            _prefetch(cols, q)
+            _prefetch(vals, q)
         s = seqs[e]
         b = items[e]
         wb = weights[e]
         t = times[e]
-        if uses_gap[s] and hist_n[s] > 0 and t - last_time[s] > gap:
-            hist_n[s] = 0  # a new session of this user
-        last_time[s] = t
         decay = 1.0 if half_life <= 0.0 else 2.0 ** ((t - anchor) / half_life)
-        pop[b] += wb * decay
+        if not emit:
+            pop[b] += wb * decay
         cnt = hist_n[s]
+        if cnt > 0 and uses_gap[s] and t - last_time[s] > gap:
+            cnt = 0
+        last_time[s] = t
         if cnt > 0:
             last = (cnt - 1) % window
             if hist_items[s, last] == b:
                 hist_w[s, last] = max(hist_w[s, last], wb)
                 continue
+        linked = 0
         for d in range(1, min(cnt, window) + 1):
             slot = (cnt - d) % window
             a = hist_items[s, slot]
             if a == b:
                 continue
+            linked += 1
+            if not emit:
+                per_row[a] += 1
+                continue
             dw = _distance_weight(dist_mode, d, window) * decay
-            out_rows[n] = a
-            out_cols[n] = b
-            out_vals[n] = wb * dw
-            n += 1
+            q = per_row[a]
+            cols[q] = b
+            vals[q] = wb * dw
+            per_row[a] = q + 1
             if backward > 0.0:
-                out_rows[n] = b
-                out_cols[n] = a
-                out_vals[n] = backward * hist_w[s, slot] * dw
-                n += 1
+                q = per_row[b]
+                cols[q] = a
+                vals[q] = backward * hist_w[s, slot] * dw
+                per_row[b] = q + 1
+        if backward > 0.0:
+            if not emit:
+                per_row[b] += linked
+            linked *= 2
+        n_pairs += linked
         slot = cnt % window
         hist_items[s, slot] = b
         hist_w[s, slot] = wb
         hist_n[s] = cnt + 1
-    return n
+    return n_pairs
+
+
+@njit(nogil=True, cache=True)
+def count_pairs(seqs, items, weights, times, bounds, hist_items, hist_w, hist_n, last_time,
+                uses_gap, backward, gap, half_life, anchor, start_items, start_w, start_n,
+                start_time, counts, pop):
+    """The counting walk over all events: how many pairs each row gets, per chunk of events.
+
+    The events are cut into chunks at `bounds`; counts[k, r] gets the pairs of row r from chunk
+    k, and start_*[k] a copy of the sequence state at the start of chunk k, so that the chunks
+    can be emitted in parallel. Leaves the sequence state as it is after the last event; pop
+    gets the events' weights. Returns the number of pairs.
+    """
+    n_pairs = 0
+    for k in range(bounds.shape[0] - 1):
+        for s in range(hist_n.shape[0]):
+            for j in range(hist_items.shape[1]):
+                start_items[k, s, j] = hist_items[s, j]
+                start_w[k, s, j] = hist_w[s, j]
+            start_n[k, s] = hist_n[s]
+            start_time[k, s] = last_time[s]
+        n_pairs += _walk(bounds[k], bounds[k + 1], seqs, items, weights, times, hist_items,
+                         hist_w, hist_n, last_time, uses_gap, backward, 0, gap, half_life, anchor,
+                         False, counts[k], items[:0], weights[:0], pop)
+    return n_pairs
+
+
+@njit(nogil=True, cache=True)
+def plan_buckets(indptr, counts, region):
+    """Lay out the bucket buffer, row after row: row r's region starts at region[r] and holds its
+    old columns, then its pairs from chunk 0, chunk 1, ... Turns counts[k, r] into the position
+    of the first pair of chunk k in row r. A row never outgrows its region when merged."""
+    n_rows = region.shape[0] - 1
+    pos = 0
+    for r in range(n_rows):
+        region[r] = pos
+        pos += indptr[r + 1] - indptr[r]
+        for k in range(counts.shape[0]):
+            n = counts[k, r]
+            counts[k, r] = pos
+            pos += n
+    region[n_rows] = pos
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def merge_pairs(indptr, indices, data, n_rows, n_cols, rows, cols, vals, n_threads):
-    """Add pairs to a CSR of exact counts; returns the new CSR.
+def emit_pairs(seqs, items, weights, times, bounds, start_items, start_w, start_n, start_time,
+               uses_gap, backward, dist_mode, gap, half_life, anchor, fill, cols, vals):
+    """The emitting walk: write every pair into its row's bucket (see plan_buckets), so that a
+    bucket gets its pairs in log order. The chunks of events run in parallel, each from its own
+    copy of the sequence state at its start (count_pairs)."""
+    for k in prange(bounds.shape[0] - 1):
+        _walk(bounds[k], bounds[k + 1], seqs, items, weights, times, start_items[k], start_w[k],
+              start_n[k], start_time[k], uses_gap, backward, dist_mode, gap, half_life, anchor,
+              True, fill[k], cols, vals, weights[:0])
 
-    Each cell starts from its old value and adds its pairs in the order given; a row keeps
-    its columns in order of first appearance. So the result does not depend on how a log
-    was cut into batches. Rows are merged in `n_threads` independent chunks.
+
+@njit(nogil=True, cache=True, parallel=True)
+def merge_buckets(indptr, indices, data, region, cols, vals, row_bounds, where, lengths):
+    """Merge the bucket of each row that got pairs with its old columns, inside the buffer.
+
+    A cell starts from its old value and adds its pairs in log order; a row keeps its columns in
+    order of first appearance (old ones first). So the result does not depend on how a log was
+    cut into batches. Row ranges row_bounds[t]..row_bounds[t+1] run in parallel, each with its
+    own `where` (column -> position in the row, -1 when absent), and lay their rows out one
+    after another from the start of the range's region; a row without pairs only keeps its
+    place (place_rows copies it). lengths[r] gets each row's new length.
     """
-    old_rows = indptr.shape[0] - 1
-    old_nnz = indptr[old_rows]
-    n_pairs = rows.shape[0]
-    # Stable counting sort of the pairs by row.
-    start = np.zeros(n_rows + 1, dtype=np.int64)
-    for p in range(n_pairs):
-        start[rows[p] + 1] += 1
-    for r in range(n_rows):
-        start[r + 1] += start[r]
-    fill = start[:-1].copy()
-    bcols = np.empty(n_pairs, dtype=np.int32)
-    bvals = np.empty(n_pairs, dtype=np.float64)
-    for p in range(n_pairs):
-        q = fill[rows[p]]
-        bcols[q] = cols[p]
-        bvals[q] = vals[p]
-        fill[rows[p]] = q + 1
-
-    # Merge each touched row into its own region of a scratch buffer; a row can grow at most
-    # by its number of pairs, so region r starts at old_start(r) + start[r].
-    lengths = np.empty(n_rows, dtype=np.int64)
-    scratch_i = np.empty(old_nnz + n_pairs, dtype=np.int32)
-    scratch_d = np.empty(old_nnz + n_pairs, dtype=np.float64)
-    chunk = (n_rows + n_threads - 1) // n_threads
-    for t in prange(n_threads):
-        seen = np.full(n_cols, -1, dtype=np.int32)  # row that last saw the column
-        where = np.empty(n_cols, dtype=np.int32)  # its position in that row
-        for r in range(t * chunk, min(n_rows, (t + 1) * chunk)):
-            lo = indptr[min(r, old_rows)]
-            hi = indptr[r + 1] if r < old_rows else lo
-            m = hi - lo
+    for t in prange(row_bounds.shape[0] - 1):
+        position = where[t]
+        out = region[row_bounds[t]]
+        for r in range(row_bounds[t], row_bounds[t + 1]):
+            lo = indptr[r]
+            m = indptr[r + 1] - lo
+            pairs, end = region[r] + m, region[r + 1]
+            if pairs < end:
+                for q in range(m):  # out + m <= pairs: the old columns never overwrite a pair
+                    c = indices[lo + q]
+                    cols[out + q] = c
+                    vals[out + q] = data[lo + q]
+                    position[c] = q
+                for q in range(pairs, end):  # writes stay at or behind q: in place is safe
+                    if q + AHEAD < end:
+                        _prefetch(position, cols[q + AHEAD])
+                    c = cols[q]
+                    p = position[c]
+                    if p < 0:
+                        position[c] = m
+                        cols[out + m] = c
+                        vals[out + m] = vals[q]
+                        m += 1
+                    else:
+                        vals[out + p] += vals[q]
+                for q in range(out, out + m):
+                    position[cols[q]] = -1
             lengths[r] = m
-            if start[r] == start[r + 1]:
-                continue
-            out = lo + start[r]
-            for q in range(m):
-                c = indices[lo + q]
-                scratch_i[out + q] = c
-                scratch_d[out + q] = data[lo + q]
-                seen[c] = r
-                where[c] = q
-            for q in range(start[r], start[r + 1]):
-                c = bcols[q]
-                if seen[c] != r:
-                    seen[c] = r
-                    where[c] = m
-                    scratch_i[out + m] = c
-                    scratch_d[out + m] = 0.0
-                    m += 1
-                scratch_d[out + where[c]] += bvals[q]
-            lengths[r] = m
+            out += m
 
-    new_indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    for r in range(n_rows):
-        new_indptr[r + 1] = new_indptr[r] + lengths[r]
-    new_indices = np.empty(new_indptr[n_rows], dtype=np.int32)
-    new_data = np.empty(new_indptr[n_rows], dtype=np.float64)
-    for t in prange(n_threads):
-        for r in range(t * chunk, min(n_rows, (t + 1) * chunk)):
-            out, m = new_indptr[r], lengths[r]
-            if start[r] == start[r + 1]:  # untouched: straight from the old arrays
-                lo = indptr[r] if r < old_rows else 0
-                src_i, src_d = indices[lo: lo + m], data[lo: lo + m]
-            else:
-                lo = indptr[min(r, old_rows)] + start[r]
-                src_i, src_d = scratch_i[lo: lo + m], scratch_d[lo: lo + m]
-            new_indices[out: out + m] = src_i
-            new_data[out: out + m] = src_d
-    return new_indptr, new_indices, new_data
+
+@njit(nogil=True, cache=True)
+def place_rows(indptr, indices, data, region, row_bounds, new_indptr, cols, vals):
+    """Finish the new CSR (`new_indptr`) inside the buffer: copy each run of rows without pairs
+    straight from the old arrays as one block, and move each range's merged rows down to their
+    place. Every write lands at or before what is still to be read."""
+    for t in range(row_bounds.shape[0] - 1):
+        shift = region[row_bounds[t]] - new_indptr[row_bounds[t]]
+        r = row_bounds[t]
+        while r < row_bounds[t + 1]:
+            first = r  # a run of rows without pairs (their region is just their old columns)
+            while r < row_bounds[t + 1] and region[r + 1] - region[r] == indptr[r + 1] - indptr[r]:
+                r += 1
+            offset = new_indptr[first] - indptr[first]
+            for q in range(indptr[first], indptr[r]):
+                cols[q + offset] = indices[q]
+                vals[q + offset] = data[q]
+            if r < row_bounds[t + 1]:  # then a merged row, laid out `shift` further up
+                if shift > 0:
+                    for q in range(new_indptr[r], new_indptr[r + 1]):
+                        cols[q] = cols[q + shift]
+                        vals[q] = vals[q + shift]
+                r += 1
+
+
+def add_events(indptr, indices, data, n_items, seqs, items, weights, times, hist_items, hist_w,
+               hist_n, last_time, uses_gap, backward, dist_mode, gap, half_life, anchor, pop,
+               n_threads):
+    """Count a batch of events into the exact-count CSR; returns the new (indptr, indices, data)
+    and the number of pairs added. The arrays given are not changed, except the sequence state
+    (hist_*, last_time: moved past the batch) and `pop` (gets the events' weights).
+
+    Two walks over the events: count_pairs sizes each row's bucket, emit_pairs fills the buckets
+    (in `n_threads` chunks of events); then merge_buckets merges rows in place (in `n_threads`
+    ranges of rows), place_rows lays the new CSR out in the buffer, and the buffer, shrunk in
+    place, becomes the new CSR.
+    """
+    n = items.shape[0]
+    n_seq, window = hist_items.shape
+    if indptr.shape[0] <= n_items:  # rows of items added since the last batch start empty
+        indptr = np.concatenate([indptr, np.full(n_items + 1 - indptr.shape[0], indptr[-1])])
+    # Chunks of events are emitted in parallel, each from its own copy of the sequence state:
+    # only when the batch has more events than there are sequences is that copy the cheaper part.
+    n_chunks = max(1, min(n_threads, n // max(1, n_seq)))
+    bounds = np.arange(n_chunks + 1, dtype=np.int64) * n // n_chunks
+    start_items = np.empty((n_chunks, n_seq, window), dtype=np.int32)
+    start_w = np.empty((n_chunks, n_seq, window), dtype=np.float64)
+    start_n = np.empty((n_chunks, n_seq), dtype=np.int64)
+    start_time = np.empty((n_chunks, n_seq), dtype=np.float64)
+    counts = np.zeros((n_chunks, n_items), dtype=np.int64)
+    n_pairs = count_pairs(seqs, items, weights, times, bounds, hist_items, hist_w, hist_n,
+                          last_time, uses_gap, backward, gap, half_life, anchor, start_items,
+                          start_w, start_n, start_time, counts, pop)
+
+    region = np.empty(n_items + 1, dtype=np.int64)
+    plan_buckets(indptr, counts, region)
+    cols = np.empty(region[n_items], dtype=np.int32)
+    vals = np.empty(region[n_items], dtype=np.float64)
+    emit_pairs(seqs, items, weights, times, bounds, start_items, start_w, start_n, start_time,
+               uses_gap, backward, dist_mode, gap, half_life, anchor, counts, cols, vals)
+    del start_items, start_w, start_n, start_time, counts
+
+    # row ranges of about equal work (old columns + pairs)
+    n_ranges = max(1, min(n_threads, n_items))
+    row_bounds = np.searchsorted(region, np.arange(n_ranges + 1) * region[n_items] // n_ranges)
+    row_bounds[0], row_bounds[-1] = 0, n_items
+    where = np.full((n_ranges, n_items), -1, dtype=np.int32)
+    new_indptr = np.zeros(n_items + 1, dtype=np.int64)
+    merge_buckets(indptr, indices, data, region, cols, vals, row_bounds, where, new_indptr[1:])
+    np.cumsum(new_indptr, out=new_indptr)
+    place_rows(indptr, indices, data, region, row_bounds, new_indptr, cols, vals)
+    # Shrink in place (realloc), not into a copy: the buffer's head already is the new CSR.
+    cols.resize(new_indptr[n_items], refcheck=False)
+    vals.resize(new_indptr[n_items], refcheck=False)
+    return new_indptr, cols, vals, n_pairs
 
 
 @njit(nogil=True, cache=True)

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 class CoVisitModel:
     def __init__(self, config: ModelConfig | None = None, threads: int | None = None):
         self.config = config or ModelConfig()
-        # Merge threads: all cores for a batch build; 1 when serving shares the machine.
+        # Build threads (event chunks and row ranges): all cores for a batch build, 1 when serving
+        # shares the machine.
         self.threads = threads or numba.config.NUMBA_NUM_THREADS
         self.items = IdMap()
         self.sequences = IdMap()
@@ -107,18 +108,13 @@ class CoVisitModel:
         half_life = float(cfg.half_life)
         if half_life > 0 and self.anchor is None:
             self.anchor = math.floor(float(times.min()) / half_life) * half_life
-        capacity = n * cfg.window * (2 if cfg.backward > 0 else 1)
-        rows = np.empty(capacity, dtype=np.int32)
-        cols = np.empty(capacity, dtype=np.int32)
-        vals = np.empty(capacity, dtype=np.float64)
-        n_pairs = kb.emit_pairs(
-            seqs, items, weights, times, self._hist_items, self._hist_w, self._hist_n,
-            self._last_time, self._uses_gap, cfg.window, float(cfg.backward),
-            DISTANCE_MODES[cfg.distance], float(cfg.session_gap), half_life,
-            float(self.anchor or 0.0), rows, cols, vals, self.popularity)
-        self.indptr, self.indices, self.data = kb.merge_pairs(
-            self.indptr, self.indices, self.data, n_items, n_items,
-            rows[:n_pairs], cols[:n_pairs], vals[:n_pairs], self.threads)
+        k = self._n_sequences
+        self.indptr, self.indices, self.data, n_pairs = kb.add_events(
+            self.indptr, self.indices, self.data, n_items, seqs, items, weights, times,
+            self._hist_items[:k], self._hist_w[:k], self._hist_n[:k], self._last_time[:k],
+            self._uses_gap[:k], float(cfg.backward), DISTANCE_MODES[cfg.distance],
+            float(cfg.session_gap), half_life, float(self.anchor or 0.0), self.popularity,
+            self.threads)
         self.n_events += n
         return int(n_pairs)
 

@@ -133,6 +133,21 @@ def test_incremental_update_equals_one_batch_build(log, cuts, config):
         np.testing.assert_array_equal(getattr(one, name), getattr(other, name), err_msg=name)
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"w{c.window}-b{c.backward}-{c.distance}-h{c.half_life}")
+def test_thread_count_does_not_change_the_counts(config):
+    # a build cuts the events and the rows into one chunk per thread; no trace of that may show
+    events = random_log(np.random.default_rng(3), 400)
+    models = []
+    for threads in (1, 2, 3):
+        model = CoVisitModel(config, threads=threads)
+        model.update(events[:150])
+        model.update(events[150:])
+        models.append(model)
+    for other in models[1:]:
+        for name in ("indptr", "indices", "data", "popularity"):
+            np.testing.assert_array_equal(getattr(other, name), getattr(models[0], name), err_msg=name)
+
+
 @pytest.mark.parametrize("method", ["raw", "cosine", "jaccard", "lift", "llr", "conditional"])
 @pytest.mark.parametrize("top_n", [1, 3, 200])
 def test_snapshot_prunes_and_scores_like_the_reference(method, top_n):
