@@ -211,7 +211,7 @@ def rank_covisit(split: Split, tasks: Tasks, k: int, config: ModelConfig, batch:
     out_scores = np.empty((n_q, k), dtype=np.float32)
     out_sources = np.empty((n_q, k), dtype=np.int8)
     out_n = np.empty(n_q, dtype=np.int64)
-    keys, vals, slots = new_scratch(scratch_size(snap, config.max_context))
+    keys, vals, slots = new_scratch(scratch_size(snap, config.max_context, config.max_context))
     for lo in tqdm(range(0, n_q, batch), desc="rank", unit="batch", disable=not progress):
         hi = min(lo + batch, n_q)
         kt.recommend_batch(snap.indptr, snap.indices, snap.scores, snap.rank, snap.fill_order,

@@ -14,14 +14,11 @@ prefetch the state of the events a little ahead.
 
 import math
 
-import numba
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from covisit.core.kernels_topk import heap_push, heap_sort_best_first
+from covisit.core.prefetch import prefetch_write as _prefetch
 
 DIST_NONE = 0  # every pair in the window weighs the same
 DIST_INVERSE = 1  # a pair d steps apart weighs 1/d
@@ -36,31 +33,6 @@ SIM_CONDITIONAL = 5  # count / row total: P(next = j | i)
 
 
 AHEAD = 16  # how far ahead (events, or pairs in a merge) a prefetch runs; best of 8..64
-
-if numba.config.DISABLE_JIT:
-    def _prefetch(arr, i):
-        """Plain-Python stand-in: a prefetch is only a hint."""
-else:
-    @intrinsic
-    def _prefetch(typingctx, arr, i):
-        """Ask the CPU to fetch the cache line that starts row `i` of `arr` (llvm.prefetch, for
-        writing). Only a hint: it never faults and never changes a result."""
-        def codegen(context, builder, signature, args):
-            arr_type, i_type = signature.args
-            array = context.make_array(arr_type)(context, builder, args[0])
-            stride = cgutils.unpack_tuple(builder, array.strides, arr_type.ndim)[0]
-            offset = builder.mul(context.cast(builder, args[1], i_type, types.intp), stride)
-            address = builder.add(builder.ptrtoint(array.data, offset.type), offset)
-            i8_ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [i8_ptr, i32, i32, i32]),
-                "llvm.prefetch.p0")
-            # write access, high locality, data cache
-            builder.call(fn, [builder.inttoptr(address, i8_ptr), ir.Constant(i32, 1),
-                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
-            return context.get_dummy_value()
-        return types.void(arr, i), codegen
-
 
 @njit(nogil=True, cache=True)
 def _distance_weight(mode, d, window):

@@ -37,10 +37,10 @@ def new_scratch(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.empty(size, np.int32), np.empty(size, np.float32), np.empty(size, np.int32)
 
 
-def scratch_size(snapshot: Snapshot, n_context: int) -> int:
-    """A table size that fits any context of `n_context` items of this snapshot
-    (at least what kernels_topk.table_size asks for)."""
-    return max(16, 1 << (2 * snapshot.max_row_length * n_context - 1).bit_length())
+def scratch_size(snapshot: Snapshot, n_context: int, n_exclude: int = 0) -> int:
+    """A table size that fits any context of `n_context` items of this snapshot and
+    `n_exclude` exclusions (at least what kernels_topk.table_size asks for)."""
+    return max(16, 1 << (2 * (snapshot.max_row_length * n_context + n_exclude) - 1).bit_length())
 
 
 def _thread_scratch(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -53,11 +53,6 @@ def _thread_scratch(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _known(snapshot: Snapshot, ids: Iterable[str]) -> list[int]:
     get = snapshot.items.get
     return [i for i in map(get, ids) if i >= 0]
-
-
-def _sorted_ids(ids: list[int]) -> np.ndarray:
-    # sorted(set()) beats np.unique by microseconds on the few ids a request carries
-    return np.array(sorted(set(ids)), dtype=np.int32) if ids else _EMPTY
 
 
 def recommend(snapshot: Snapshot, context: Sequence[str], k: int = 10,
@@ -76,13 +71,15 @@ def recommend(snapshot: Snapshot, context: Sequence[str], k: int = 10,
     if cfg.exclude_context if exclude_context is None else exclude_context:
         excluded += ctx_ids
     use_allowed = allowed is not None
-    allowed_arr = _sorted_ids(_known(snapshot, allowed)) if use_allowed else _EMPTY
-    keys, vals, slots = _thread_scratch(scratch_size(snapshot, len(ctx_ids)))
+    # sorted(set()) beats np.unique by microseconds on the few ids a request carries
+    allowed_arr = np.array(sorted(set(_known(snapshot, allowed))), dtype=np.int32) if use_allowed else _EMPTY
+    exclude_arr = np.array(excluded, dtype=np.int32) if excluded else _EMPTY
+    keys, vals, slots = _thread_scratch(scratch_size(snapshot, len(ctx_ids), len(excluded)))
     out_items = np.empty(k, dtype=np.int32)
     out_scores = np.empty(k, dtype=np.float32)
     out_sources = np.empty(k, dtype=np.int8)
     n = kt.recommend_into(snapshot.indptr, snapshot.indices, snapshot.scores, snapshot.rank,
-                          snapshot.fill_order, ctx, cfg.recency, _sorted_ids(excluded), allowed_arr,
+                          snapshot.fill_order, ctx, cfg.recency, exclude_arr, allowed_arr,
                           use_allowed, keys, vals, slots, out_items, out_scores, out_sources)
     name = snapshot.items.name
     return [Scored(name(i), float(s), int(src))

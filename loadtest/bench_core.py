@@ -75,41 +75,57 @@ def bench_build(log, name, config):
     }
 
 
-def bench_scoring(snap, log, n_requests: int, context: int, seed: int):
-    """Latency of one 10-item context: the kernel alone, and the whole Python call."""
+def bench_scoring(snap, log, n_requests: int, context: int, seed: int, passes: int):
+    """Latency of one `context`-item request: the kernel alone, and the whole Python call.
+
+    Each pass times n_requests contexts drawn from the log's own sequences (so popular, long
+    rows come up as often as in its traffic). This VM shows bursts of outside noise that move
+    a single pass's p99 by 2x, so every pass is printed and the median pass is the figure."""
     rng = np.random.default_rng(seed)
-    # contexts drawn from real sessions of the log, so popular (long) rows are hit as often as in traffic
-    starts = rng.integers(0, len(log.items) - context, size=n_requests)
-    contexts = [np.ascontiguousarray(log.items[s: s + context]) for s in starts]
     k = 10
-    keys, vals, slots = new_scratch(scratch_size(snap, context))
+    keys, vals, slots = new_scratch(scratch_size(snap, context, context))
     out_i, out_s, out_src = np.empty(k, np.int32), np.empty(k, np.float32), np.empty(k, np.int8)
     empty = np.empty(0, np.int32)
-    kernel_ns = np.empty(n_requests, np.int64)
-    for r, ctx in enumerate(contexts):
-        exclude = np.unique(ctx)
-        t0 = time.perf_counter_ns()
-        kt.recommend_into(snap.indptr, snap.indices, snap.scores, snap.rank, snap.fill_order, ctx,
-                          snap.config.recency, exclude, empty, False, keys, vals, slots, out_i, out_s, out_src)
-        kernel_ns[r] = time.perf_counter_ns() - t0
-    names = [[str(i) for i in ctx] for ctx in contexts]
-    call_ns = np.empty(n_requests, np.int64)
-    for r, ctx in enumerate(names):
-        t0 = time.perf_counter_ns()
-        recommend(snap, ctx, k)
-        call_ns[r] = time.perf_counter_ns() - t0
-    entries = np.mean([int((snap.indptr[c + 1] - snap.indptr[c]).sum()) for c in contexts[:2000]])
-    return [{"bench": "recommend", "path": path, "context_items": context, "k": k,
-             "requests": n_requests, "mean_neighbours_scanned": float(entries),
-             "p50_us": float(np.percentile(ns, 50)) / 1e3, "p99_us": float(np.percentile(ns, 99)) / 1e3}
-            for path, ns in (("kernel", kernel_ns), ("python call", call_ns))]
+    recency = snap.config.recency
+    rows = {"kernel": [], "python call": []}
+    for _ in range(passes):
+        starts = rng.integers(0, len(log.items) - context, size=n_requests)
+        contexts = [np.ascontiguousarray(log.items[s: s + context]) for s in starts]
+        ns = np.empty(n_requests, np.int64)
+        for r, ctx in enumerate(contexts):  # the context is also what is excluded
+            t0 = time.perf_counter_ns()
+            kt.recommend_into(snap.indptr, snap.indices, snap.scores, snap.rank, snap.fill_order, ctx,
+                              recency, ctx, empty, False, keys, vals, slots, out_i, out_s, out_src)
+            ns[r] = time.perf_counter_ns() - t0
+        rows["kernel"].append(ns.copy())
+        for r, ctx in enumerate([[str(i) for i in ctx] for ctx in contexts]):
+            t0 = time.perf_counter_ns()
+            recommend(snap, ctx, k)
+            ns[r] = time.perf_counter_ns() - t0
+        rows["python call"].append(ns.copy())
+    scanned = np.mean([int((snap.indptr[c + 1] - snap.indptr[c]).sum()) for c in contexts[:2000]])
+    out = []
+    for path, samples in rows.items():
+        p50 = [float(np.percentile(x, 50)) / 1e3 for x in samples]
+        p99 = [float(np.percentile(x, 99)) / 1e3 for x in samples]
+        out.append({"bench": "recommend", "path": path, "context_items": context, "k": k,
+                    "requests_per_pass": n_requests, "mean_neighbours_scanned": float(scanned),
+                    "p50_us": float(np.median(p50)), "p99_us": float(np.median(p99)),
+                    "p99_us_per_pass": p99})
+    return out
+
+
+def emit(results: list, row: dict) -> None:
+    results.append(row)
+    print(json.dumps(row), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--requests", type=int, default=20_000, help="timed requests per pass")
+    parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json-out", help="also write all results to this JSON file")
     args = parser.parse_args()
@@ -117,39 +133,42 @@ def main() -> None:
     machine = {"bench": "machine", "cpu": cpu_model(), "cores": os.cpu_count(),
                "numba_threads": numba.config.NUMBA_NUM_THREADS, "numba": numba.__version__,
                "numpy": np.__version__, "python": platform.python_version()}
-    results = [machine]
-    print(json.dumps(machine), flush=True)
-    started = time.perf_counter()
+    results: list[dict] = []
+    emit(results, machine)
+    # Build speed on a log with session locality (like real catalogues, pairs repeat).
     log = zipf_log(args.events, args.items, seed=args.seed)
-    print(json.dumps({"bench": "generate", "events": args.events, "items": args.items,
-                      "seconds": time.perf_counter() - started}), flush=True)
-    snap = None
+    builds = {}
     for name, (config, _) in BUILDS.items():
-        model, snap, row = bench_build(log, name, config)
+        model, _, builds[name] = bench_build(log, name, config)
         del model
-        row["rss_after_build_bytes"] = rss_bytes()
-        results.append(row)
-        print(json.dumps(row), flush=True)
-    for row in bench_scoring(snap, log, args.requests, 10, args.seed):
-        results.append(row)
-        print(json.dumps(row), flush=True)
+        emit(results, builds[name])
+    # Scoring and memory on a model as wide as the issue asks (~50M links for 1M items): a
+    # flatter Zipf and no locality make almost every pair distinct.
+    wide = zipf_log(args.events, args.items, seed=args.seed + 1, exponent=0.8, locality=0.0)
+    name = "symmetric window (W=5), wide log"
+    model, snap, serving = bench_build(wide, name, BUILDS["symmetric window (W=5)"][0])
+    del model
+    emit(results, serving)
+    scoring = bench_scoring(snap, wide, args.requests, 10, args.seed, args.passes)
+    for row in scoring:
+        emit(results, row)
+    emit(results, {"bench": "memory", "rss_bytes": rss_bytes()})
 
     print()
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores")
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores; {args.events:,} events, {args.items:,} items")
     print(f"{'figure':<58}{'measured':>14}{'target':>14}")
     for name, (_, target) in BUILDS.items():
-        row = next(r for r in results if r.get("model") == name)
-        print(f"{'build ' + name + ', events/s':<58}{row['events_per_s'] / 1e6:>13.2f}M{target / 1e6:>13.1f}M")
-    for row in results:
-        if row["bench"] == "recommend":
-            label = f"recommend {row['context_items']}-item context ({row['path']}), p50 / p99 us"
-            target = "25" if row["path"] == "kernel" else "-"
-            print(f"{label:<58}{row['p50_us']:>6.1f} /{row['p99_us']:>6.1f}{target:>14}")
-    last = results[len(BUILDS)]
-    print(f"{'serving snapshot (' + last['model'] + '): links':<58}{last['serving_links']:>14,}")
-    print(f"{'serving CSR bytes per link':<58}{last['serving_csr_bytes_per_link']:>14.2f}{'12':>14}")
-    print(f"{'serving snapshot bytes per link (all arrays)':<58}{last['serving_total_bytes_per_link']:>14.2f}")
-    print(f"{'exact-count store bytes per link (float64 counts)':<58}{last['exact_bytes_per_link']:>14.2f}")
+        row = builds[name]
+        print(f"{'build ' + name + ', events/s':<58}{row['events_per_s'] / 1e6:>13.2f}M{'>= %.1fM' % (target / 1e6):>14}")
+    print(f"{'scoring model: serving links':<58}{serving['serving_links']:>14,}")
+    for row in scoring:
+        label = f"recommend {row['context_items']}-item context ({row['path']}), p50 / p99 us"
+        target = "p99 < 25" if row["path"] == "kernel" else ""
+        print(f"{label:<58}{row['p50_us']:>6.1f} /{row['p99_us']:>6.1f}{target:>14}")
+        print(f"{'  p99 of each pass':<58}" + " ".join(f"{x:.1f}" for x in row["p99_us_per_pass"]))
+    print(f"{'serving CSR bytes per link':<58}{serving['serving_csr_bytes_per_link']:>14.2f}{'<= 12':>14}")
+    print(f"{'serving snapshot bytes per link (all arrays)':<58}{serving['serving_total_bytes_per_link']:>14.2f}")
+    print(f"{'exact-count store bytes per link (float64 counts)':<58}{serving['exact_bytes_per_link']:>14.2f}")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(results, f, indent=2)

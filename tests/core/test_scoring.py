@@ -33,7 +33,7 @@ def test_recommend_kernel_matches_reference(seed):
     exclude = np.unique(np.r_[ctx, rng.integers(0, n, size=3)]).astype(np.int32)
     allowed = np.unique(rng.integers(0, n, size=25)).astype(np.int32) if seed % 2 else None
     k = int(rng.integers(1, 30))
-    size = kt.table_size(indptr, ctx)
+    size = kt.table_size(indptr, ctx, len(exclude))
     keys, vals, slots = new_scratch(size)
     out_i, out_s, out_src = np.empty(k, np.int32), np.empty(k, np.float32), np.empty(k, np.int8)
     got_n = kt.recommend_into(indptr, indices, scores, rank, fill_order, ctx, 0.5, exclude,
