@@ -23,6 +23,8 @@ from covisit.core.interning import IdMap
 from covisit.core.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
+# Decay weights stay below 2**64 times a count: float32 snapshots hold up to 2**128.
+REBASE_HALF_LIVES = 64
 
 
 class CoVisitModel:
@@ -106,8 +108,8 @@ class CoVisitModel:
 
         cfg = self.config
         half_life = float(cfg.half_life)
-        if half_life > 0 and self.anchor is None:
-            self.anchor = math.floor(float(times.min()) / half_life) * half_life
+        if half_life > 0:
+            self._rebase_decay(float(times.min()), float(times.max()))
         k = self._n_sequences
         self.indptr, self.indices, self.data, n_pairs = kb.add_events(
             self.indptr, self.indices, self.data, n_items, seqs, items, weights, times,
@@ -117,6 +119,24 @@ class CoVisitModel:
             self.threads)
         self.n_events += n
         return int(n_pairs)
+
+    def _rebase_decay(self, t_min: float, t_max: float) -> None:
+        """Keep decay factors 2**((t - anchor) / half_life) far from overflow.
+
+        Weights grow with time instead of old ones shrinking, so an update touches only new
+        cells. When the newest time is more than REBASE_HALF_LIVES past the anchor, the anchor
+        moves forward by whole half-lives and every stored weight is multiplied by the same
+        power of two, which is exact. (Across a rebase, incremental and batch builds then agree
+        to rounding rather than bit for bit.)"""
+        h = self.config.half_life
+        if self.anchor is None:
+            self.anchor = math.floor(t_min / h) * h
+        k = math.floor((t_max - self.anchor) / h)
+        if k > REBASE_HALF_LIVES:
+            scale = 2.0 ** -k
+            self.data *= scale
+            self.popularity *= scale
+            self.anchor += k * h
 
     def _grow_sequences(self, n: int) -> None:
         have = len(self._hist_n)

@@ -174,3 +174,18 @@ def test_snapshot_popularity_order_and_metadata():
     assert [snap.items.name(i) for i in snap.fill_order] == ["b", "c", "a"]
     assert snap.rank[snap.fill_order[0]] == 0
     assert (snap.version, snap.parent, snap.watermark) == (4, 3, 4)
+
+
+def test_time_decay_rebases_instead_of_overflowing():
+    # 10,000 half-lives: without moving the anchor, 2**10000 would overflow to inf
+    model = CoVisitModel(dataclasses.replace(RAW, half_life=1.0))
+    model.update([Event("u", "a", "view", 0.0), Event("u", "b", "view", 1.0)])
+    model.update([Event("v", "a", "view", 10_000.0), Event("v", "b", "view", 10_001.0)])
+    assert model.anchor >= 10_000.0 - 65
+    assert np.all(np.isfinite(model.data)) and np.all(np.isfinite(model.popularity))
+    snap = model.snapshot()
+    assert np.all(np.isfinite(snap.scores)) and np.all(np.isfinite(snap.popularity))
+    # the old link decayed to nothing beside the new one: a -> b is the new pair's weight
+    a = model.items.get("a")
+    new_weight = 2.0 ** ((10_001.0 - model.anchor) / 1.0)
+    assert model.data[model.indptr[a]] == pytest.approx(new_weight, rel=1e-12)
