@@ -10,7 +10,6 @@ is simply "lower index first" for every model.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from covisit.core.interning import IdMap
 from covisit.core.model import CoVisitModel
 from covisit.core.scoring import new_scratch, scratch_size
 
-log = logging.getLogger(__name__)
 DAY = 86400.0
 CUTOFFS = (20, 10)
 
