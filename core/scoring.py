@@ -40,7 +40,7 @@ def new_scratch(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def scratch_size(snapshot: Snapshot, n_context: int, n_exclude: int = 0) -> int:
     """A table size that fits any context of `n_context` items of this snapshot and
     `n_exclude` exclusions (at least what kernels_topk.table_size asks for)."""
-    return max(16, 1 << (2 * (snapshot.max_row_length * n_context + n_exclude) - 1).bit_length())
+    return max(16, 1 << (4 * (snapshot.max_row_length * n_context + n_exclude) - 1).bit_length())
 
 
 def _thread_scratch(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
