@@ -7,7 +7,7 @@ DATA := loadtest/data/online_retail.csv.gz
 
 MODEL := build/online-retail
 
-.PHONY: install test bench eval run clean
+.PHONY: install test bench eval run proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ eval: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python loadtest/bench_core.py
+
+# Regenerate covisit.v1 from proto/covisit/v1/*.proto (the generated files are committed).
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=proto --grpc_python_out=proto \
+		--pyi_out=proto proto/covisit/v1/*.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info
