@@ -1,1 +1,17 @@
-"""covisit client: a typed wrapper over the generated gRPC stubs (no numba, no core)."""
+"""covisit client: a typed wrapper over the generated gRPC stubs (no numba, no core).
+
+    from covisit.client import CovisitClient, Event
+
+    with CovisitClient("localhost:50051", timeout=0.5) as client:
+        client.record_events([Event("u1", "i1", "view", time.time())])
+        recs = client.recommend_items(["i1"], k=5)
+
+Failed calls raise ``grpc.RpcError`` unchanged (see ``covisit.client.client``).
+"""
+
+from covisit.client.client import CovisitClient
+from covisit.client.types import (Event, Item, Metrics, ModelVersion, Rebuild, Recommendations, RecommendedItem,
+                                  Rollback, SimilarItems, Status)
+
+__all__ = ["CovisitClient", "Event", "Item", "Metrics", "ModelVersion", "Rebuild", "Recommendations",
+           "RecommendedItem", "Rollback", "SimilarItems", "Status"]
