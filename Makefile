@@ -5,8 +5,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA := loadtest/data/online_retail.csv.gz
 
-MODEL := build/online-retail
-
 .PHONY: install test bench eval run proto clean
 
 $(BIN)/python:
@@ -25,10 +23,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
-# Until the gRPC service lands, `run` builds the bundled model and answers from it offline.
+# Serve the bundled real data on 127.0.0.1:50051 (admin calls allowed without a token on
+# loopback only; set COVISIT_ADMIN_TOKEN to require one).
 run: $(STAMP)
-	$(BIN)/covisit build --preset online-retail --data $(DATA) --out $(MODEL)
-	$(BIN)/covisit recommend --model $(MODEL) --item 85123A -k 10
+	$(BIN)/covisit serve --preset online-retail --data $(DATA) --insecure-admin
 
 eval: $(STAMP)
 	$(BIN)/covisit eval --preset online-retail --data $(DATA)

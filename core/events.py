@@ -6,6 +6,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from covisit.core.errors import InvalidArgument
+
 # The original design's weights: a purchase says more about an item than a view.
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "view": 1.0,
@@ -32,28 +34,41 @@ class Event:
         return "u:" + self.user_id
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(InvalidArgument):
     """An event that must not be counted; `field` names the offending field."""
 
     def __init__(self, field: str, message: str, index: int | None = None):
-        self.field = field
         self.index = index
-        where = f"events[{index}].{field}" if index is not None else field
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"events[{index}].{field}" if index is not None else field, message)
+        self.field = field  # the event's own field; `path` has the index
+
+
+def id_problem(value: object) -> str | None:
+    """Why `value` is not a valid id (a 1..256-byte UTF-8 string), or None if it is."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if not 1 <= size <= MAX_ID_BYTES:
+        return f"must be 1..{MAX_ID_BYTES} UTF-8 bytes, got {size}"
+    return None
+
+
+def check_id(field: str, value: object) -> None:
+    """Raise InvalidArgument naming `field` unless `value` is a valid id."""
+    problem = id_problem(value)
+    if problem:
+        raise InvalidArgument(field, problem)
 
 
 def _check_id(field: str, value: object, index: int | None, optional: bool = False) -> None:
     if optional and (value is None or value == ""):
         return
-    if not isinstance(value, str):
-        raise InvalidEvent(field, f"must be a string, got {type(value).__name__}", index)
-    size = len(value.encode("utf-8", "surrogatepass"))
-    if not 1 <= size <= MAX_ID_BYTES:
-        raise InvalidEvent(field, f"must be 1..{MAX_ID_BYTES} UTF-8 bytes, got {size}", index)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidEvent(field, "is not valid UTF-8", index) from None
+    problem = id_problem(value)
+    if problem:
+        raise InvalidEvent(field, problem, index)
 
 
 def check_event(event: Event, event_weights: dict[str, float], index: int | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The `covisit` command: offline build, recommend and evaluate (the server joins in later issues)."""
+"""The `covisit` command: serve, and offline build, recommend and evaluate."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -121,6 +122,20 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from covisit.server.app import serve
+    from covisit.server.config import load_config
+
+    flags = {"server.host": args.host, "server.port": args.port, "server.data": args.data,
+             "server.preset": args.preset, "server.data_dir": args.data_dir, "server.catalog": args.catalog,
+             "server.tls_cert": args.tls_cert, "server.tls_key": args.tls_key,
+             "server.tls_client_ca": args.tls_client_ca,
+             "server.insecure_admin": True if args.insecure_admin else None}
+    config = load_config(args.config, os.environ, {k: v for k, v in flags.items() if v is not None})
+    serve(config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="covisit", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
@@ -138,6 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="context item; repeat for a longer context, newest last")
     p.add_argument("-k", type=int, default=10, help="how many items (default %(default)s)")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("serve", help="run the gRPC server (settings: defaults < --config TOML < COVISIT_* env < flags)")
+    p.add_argument("--config", metavar="FILE", help="TOML settings file")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
+    p.add_argument("--preset", help="the events file's preset (online-retail, diginetica; '' for a generic file)")
+    p.add_argument("--data", metavar="PATH", help="events to build the first model from")
+    p.add_argument("--data-dir", metavar="DIR", help="where the server keeps its model")
+    p.add_argument("--catalog", metavar="CSV", help="items to load at start (item_id,categories,available,tags)")
+    p.add_argument("--tls-cert", metavar="PEM", help="server certificate (with --tls-key: serve TLS)")
+    p.add_argument("--tls-key", metavar="PEM", help="server private key")
+    p.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mutual TLS)")
+    p.add_argument("--insecure-admin", action="store_true",
+                   help="allow admin calls without a token (loopback hosts only)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="offline next-item evaluation (session-rec protocol)")
     _add_data_args(p)

@@ -1,0 +1,110 @@
+"""One place that turns exceptions into gRPC status codes, checks the admin token, and times RPCs."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections import deque
+
+import grpc
+
+from covisit.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+ADMIN_PREFIX = "/covisit.v1.AdminService/"
+
+
+class AuthError(Exception):
+    """A refused admin call; `code` is UNAUTHENTICATED or PERMISSION_DENIED."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+CODES = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+class Latencies:
+    """The latest handler latencies of each RPC, for percentiles in GetMetrics."""
+
+    def __init__(self, size: int = 10_000):
+        self._by_method: dict[str, deque] = {}
+        self._size = size
+        self._lock = threading.Lock()
+
+    def add(self, method: str, seconds: float) -> None:
+        with self._lock:
+            self._by_method.setdefault(method, deque(maxlen=self._size)).append(seconds)
+
+    def percentiles(self, method: str, qs=(50, 95, 99)) -> list[float]:
+        with self._lock:
+            samples = sorted(self._by_method.get(method, ()))
+        if not samples:
+            return [0.0 for _ in qs]
+        return [samples[min(len(samples) - 1, int(len(samples) * q / 100))] for q in qs]
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):
+    """Maps core errors to status codes (anything else is INTERNAL, logged), guards the admin
+    service with a bearer token, and records each handler's latency."""
+
+    def __init__(self, admin_token: str, insecure_admin: bool, latencies: Latencies):
+        self._token = admin_token.encode()
+        self._insecure_admin = insecure_admin
+        self.latencies = latencies
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        admin = method.startswith(ADMIN_PREFIX)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if handler.unary_unary:
+            inner, wrap = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+        elif handler.stream_unary:
+            inner, wrap = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+        else:  # no streaming responses in this API
+            return handler
+
+        def guarded(request, context):
+            started = time.perf_counter()
+            code, message = None, ""
+            try:
+                if admin:
+                    self._authorize(metadata.get("authorization", ""))
+                return inner(request, context)
+            except AuthError as exc:
+                code, message = exc.code, str(exc)
+            except tuple(cls for cls, _ in CODES) as exc:
+                code = next(code for cls, code in CODES if isinstance(exc, cls))
+                message = str(exc)
+            except Exception:
+                log.exception("%s failed", method)
+                code, message = grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
+            finally:
+                self.latencies.add(method, time.perf_counter() - started)
+            context.abort(code, message)  # outside the try: abort works by raising
+
+        return wrap(guarded, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+
+    def _authorize(self, header: str) -> None:
+        if not self._token:
+            if self._insecure_admin:
+                return
+            raise AuthError(grpc.StatusCode.PERMISSION_DENIED,
+                            "admin is disabled: set COVISIT_ADMIN_TOKEN (or --insecure-admin on loopback)")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "authorization: expected 'Bearer <admin token>'")
+        if not hmac.compare_digest(token.encode(), self._token):
+            raise AuthError(grpc.StatusCode.PERMISSION_DENIED, "authorization: wrong admin token")
