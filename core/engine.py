@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from covisit.core import kernels_topk as kt
-from covisit.core.catalog import Catalog
+from covisit.core.catalog import Catalog, popularity_view
 from covisit.core.config import ModelConfig
 from covisit.core.errors import InvalidArgument, NotFound, Unavailable
 from covisit.core.events import Event, InvalidEvent, check_events, check_id
@@ -278,7 +278,7 @@ class Engine:
             return items
         kept = [s for s in items if s.source != kt.SOURCE_POPULARITY]
         taken = {s.item_id for s in kept} | set(exclude) | set(context)
-        popularity = _popularity_lookup(snap)
+        popularity = popularity_view(snap)
         content = []
         for item in reversed(cold):  # newest first
             for item_id, score in self.catalog.content_neighbours(item, popularity, k, taken):
@@ -358,14 +358,4 @@ class Engine:
         for i, item_id in enumerate(item_ids):
             check_id(f"item_ids[{i}]", item_id)
         return self.catalog.delete(item_ids)
-
-
-def _popularity_lookup(snap: Snapshot):
-    get, pop = snap.items.get, snap.popularity
-
-    def popularity(item_id: str) -> float:
-        i = get(item_id)
-        return float(pop[i]) if i >= 0 else 0.0
-
-    return popularity
 

@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from covisit.core.catalog import Catalog, read_catalog_csv
+from covisit.core.catalog import Catalog, catalog_from_diginetica, catalog_from_online_retail, read_catalog_csv
 from covisit.core.datasets import read_events_file, read_preset
 from covisit.core.engine import Engine
 from covisit.core.snapshot import Snapshot, SnapshotError
@@ -24,6 +24,7 @@ from covisit.v1 import admin_pb2, admin_pb2_grpc, feedback_pb2, feedback_pb2_grp
 from covisit.v1 import recommend_pb2, recommend_pb2_grpc
 
 log = logging.getLogger(__name__)
+CATALOG_PRESETS = {"online-retail": catalog_from_online_retail, "diginetica": catalog_from_diginetica}
 SERVICES = [
     recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name,
     feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name,
@@ -56,6 +57,9 @@ def load_model(config: Config, engine: Engine) -> None:
     except SnapshotError as exc:
         log.info("no usable saved snapshot (%s); building", exc)
     engine.load(events, saved)
+    preset_catalog = CATALOG_PRESETS.get(s.preset)
+    if preset_catalog and not s.catalog:  # metadata for the CONTENT fallback of cold items
+        engine.catalog.upsert(preset_catalog(s.data))
     if saved is None:
         engine.snapshot.save(saved_dir)
         log.info("saved the model to %s", saved_dir)
