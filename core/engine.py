@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from covisit.core import kernels_topk as kt
-from covisit.core.catalog import Catalog, popularity_view
+from covisit.core.catalog import Catalog, CatalogItem, popularity_view
 from covisit.core.config import ModelConfig
 from covisit.core.errors import InvalidArgument, NotFound, Unavailable
 from covisit.core.events import Event, InvalidEvent, check_events, check_id
@@ -311,9 +311,7 @@ class Engine:
         if not 1 <= k <= self.limits.max_k:
             raise InvalidArgument("k", f"must be in 1..{self.limits.max_k}, got {k}")
         snap = self.snapshot
-        hidden = self.catalog.hidden_ids()
-        items = [s for s in similar_items(snap, item_id, k + len(hidden)) if s.item_id not in hidden][:k]
-        return items, snap.version
+        return similar_items(snap, item_id, k, exclude=self.catalog.hidden_ids()), snap.version
 
     # ---- feedback ----------------------------------------------------------------------
     def record_impressions(self, request_id: str, user_id: str, item_ids: Sequence[str]) -> int:
@@ -348,10 +346,19 @@ class Engine:
                 "freshness_seconds": max(0.0, now - self._newest_event) if self._newest_event else 0.0,
                 "users": len(self._history), "catalog_items": len(self.catalog)}
 
-    def upsert_items(self, items) -> int:
-        for i, item in enumerate(items):
-            check_id(f"items[{i}].item_id", item.item_id)
-        return self.catalog.upsert(items)
+    def upsert_items(self, items: Sequence[tuple[str, Sequence[str], bool, Sequence[str]]]) -> int:
+        """(item_id, categories, available, tags) tuples, all checked before any is written."""
+        limit = self.limits.max_events_per_call
+        if len(items) > limit:
+            raise InvalidArgument("items", f"at most {limit} per call, got {len(items)}")
+        checked = []
+        for i, (item_id, categories, available, tags) in enumerate(items):
+            check_id(f"items[{i}].item_id", item_id)
+            for name, names in (("categories", categories), ("tags", tags)):
+                for j, value in enumerate(names):
+                    check_id(f"items[{i}].{name}[{j}]", value)
+            checked.append(CatalogItem(item_id, tuple(categories), available, tuple(tags)))
+        return self.catalog.upsert(checked)
 
     def delete_items(self, item_ids: Iterable[str]) -> int:
         item_ids = list(item_ids)

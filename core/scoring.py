@@ -86,6 +86,6 @@ def recommend(snapshot: Snapshot, context: Sequence[str], k: int = 10,
             for i, s, src in zip(out_items[:n].tolist(), out_scores[:n].tolist(), out_sources[:n].tolist())]
 
 
-def similar_items(snapshot: Snapshot, item_id: str, k: int = 10) -> list[Scored]:
+def similar_items(snapshot: Snapshot, item_id: str, k: int = 10, exclude: Iterable[str] = ()) -> list[Scored]:
     """Items most often visited with `item_id` (itself excluded), popularity-filled."""
-    return recommend(snapshot, [item_id], k, exclude_context=True)
+    return recommend(snapshot, [item_id], k, exclude=exclude, exclude_context=True)

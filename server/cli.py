@@ -1,4 +1,5 @@
-"""The `covisit` command: serve, and offline build, recommend and evaluate."""
+"""The `covisit` command: serve; offline build, recommend and evaluate; and recommend, record and
+admin calls to a running server (--target HOST:PORT)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,27 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
 
+import grpc
 from tqdm import tqdm
 
+from covisit.client import CovisitClient
+from covisit.client import Event as ClientEvent
 from covisit.core.config import DISTANCE_MODES, SIMILARITIES, ModelConfig
 from covisit.core.datasets import PRESETS, BadRow, ReadReport, read_events_file, read_preset
 from covisit.core.evaluation import CUTOFFS, clean, evaluate, sessions_from_events, temporal_split
 from covisit.core.model import CoVisitModel
 from covisit.core.scoring import SOURCE_NAMES, recommend
 from covisit.core.snapshot import Snapshot, SnapshotError
+from covisit.server.config import ADMIN_TOKEN_ENV
 
 log = logging.getLogger("covisit")
 PRESET_TEST_DAYS = {"online-retail": 30.0, "diginetica": 7.0}
 BUILD_BATCH = 100_000
+DEFAULT_TIMEOUT = 5.0  # seconds, every remote call
+REBUILD_TIMEOUT = 60.0  # admin rebuild, unless --timeout says otherwise
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -49,6 +58,40 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--session-gap", type=float, default=d.session_gap, help="inactivity in seconds that ends a user's session (default %(default)s)")
 
 
+def _add_remote_args(p: argparse.ArgumentParser, target_group=None) -> None:
+    """--target (in ``target_group`` if given, else required), --timeout and the TLS options."""
+    (target_group or p).add_argument("--target", required=target_group is None, metavar="HOST:PORT",
+                                     help="a running covisit server")
+    g = p.add_argument_group("connection")
+    g.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help=f"deadline of each call (default {DEFAULT_TIMEOUT:g}; admin rebuild {REBUILD_TIMEOUT:g})")
+    g.add_argument("--tls-ca", metavar="PEM", help="root certificates to verify the server with (enables TLS)")
+    g.add_argument("--tls-cert", metavar="PEM", help="client certificate chain for mutual TLS (with --tls-key)")
+    g.add_argument("--tls-key", metavar="PEM", help="client private key for mutual TLS (with --tls-cert)")
+
+
+def _client(args: argparse.Namespace, admin_token: str | None = None) -> CovisitClient:
+    """The client of a remote subcommand, from --target, --timeout and the TLS options."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    if args.tls_cert and not args.tls_ca:
+        raise SystemExit("--tls-cert/--tls-key (mutual TLS) need --tls-ca")
+
+    def pem(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return CovisitClient(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, admin_token=admin_token,
+                         root_certificates=pem(args.tls_ca), private_key=pem(args.tls_key),
+                         certificate_chain=pem(args.tls_cert))
+
+
+def _print_fields(result) -> None:
+    """A client result as key=value lines (a dict field, e.g. status config, as key.name=value)."""
+    for key, value in dataclasses.asdict(result).items():
+        for name, v in value.items() if isinstance(value, dict) else [("", value)]:
+            print(f"{key}{'.' if name else ''}{name}={round(v, 3) if isinstance(v, float) else v}")
+
+
 def _model_config(args: argparse.Namespace) -> ModelConfig:
     names = {f.name for f in dataclasses.fields(ModelConfig)} - {"event_weights"}
     return ModelConfig(**{n: getattr(args, n) for n in names})
@@ -58,9 +101,12 @@ def _read(args: argparse.Namespace) -> ReadReport:
     if args.preset:
         if not args.data:
             raise SystemExit(f"--preset {args.preset} needs --data PATH")
-        report = read_preset(args.preset, args.data, strict=args.strict)
-    else:
-        report = read_events_file(args.events, strict=args.strict)
+        return _reported(read_preset(args.preset, args.data, strict=args.strict))
+    return _reported(read_events_file(args.events, strict=args.strict))
+
+
+def _reported(report: ReadReport) -> ReadReport:
+    """``report``, after warning about its bad rows (by line) and logging what was read."""
     if report.bad_rows:
         lines = ", ".join(str(line) for line, _ in report.bad_rows[:10])
         print(f"warning: {len(report.bad_rows)} bad rows left out (lines {lines}"
@@ -85,12 +131,58 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    if args.target:
+        with _client(args) as client:
+            rec = client.recommend_items(args.item or (), user_id=args.user or "", k=args.k)
+        for item in rec.items:
+            print(f"{item.item_id}\t{item.score:.6g}\t{item.source}")
+        print(f"model_version={rec.model_version} request_id={rec.request_id}", file=sys.stderr)
+        return 0
+    if args.user or not args.item:
+        raise SystemExit("recommend --model needs --item and takes no --user (a snapshot keeps no users)")
     snap = Snapshot.load(args.model)
     unknown = [i for i in args.item if i not in snap.items]
     if unknown:
         print(f"note: unknown to the model, ignored: {', '.join(unknown)}", file=sys.stderr)
     for rec in recommend(snap, args.item, args.k):
         print(f"{rec.item_id}\t{rec.score:.6g}\t{SOURCE_NAMES[rec.source]}")
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    if args.batch < 1:
+        raise SystemExit("--batch must be at least 1")
+    report = _reported(read_events_file(args.file, strict=args.strict))
+    events = [ClientEvent(e.user_id, e.item_id, e.event_type, e.timestamp, e.session_id)
+              for e in sorted(report.events, key=lambda e: e.timestamp)]  # in time order, as build reads them
+    accepted = 0
+    with _client(args) as client:
+        for lo in tqdm(range(0, len(events), args.batch), desc="record", unit="batch", disable=args.quiet):
+            try:
+                accepted += client.record_events(events[lo: lo + args.batch])
+            except grpc.RpcError:
+                print(f"note: {accepted} events were accepted before the batch of events "
+                      f"{lo + 1}-{min(lo + args.batch, len(events))} failed", file=sys.stderr)
+                raise
+    print(f"accepted {accepted} of {len(events)} events")
+    return 0
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    with _client(args, admin_token=args.token or os.environ.get(ADMIN_TOKEN_ENV)) as client:
+        match args.action:
+            case "status":
+                _print_fields(client.get_status())
+            case "metrics":
+                _print_fields(client.get_metrics())
+            case "rollback":
+                _print_fields(client.rollback_model(args.version))
+            case "rebuild":
+                _print_fields(client.rebuild_model(timeout=args.timeout or REBUILD_TIMEOUT))
+            case "versions":
+                for v in client.list_model_versions():
+                    created = datetime.fromtimestamp(v.created_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    print(v.version, v.state, created, v.items, v.links)
     return 0
 
 
@@ -147,12 +239,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="snapshot directory to write")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("recommend", help="recommend from a saved snapshot")
-    p.add_argument("--model", required=True, metavar="DIR", help="snapshot directory")
-    p.add_argument("--item", required=True, action="append", metavar="ID",
+    p = sub.add_parser("recommend", help="recommend from a saved snapshot (--model) or a running server (--target)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="DIR", help="snapshot directory")
+    _add_remote_args(p, source)
+    p.add_argument("--item", action="append", metavar="ID",
                    help="context item; repeat for a longer context, newest last")
+    p.add_argument("--user", metavar="U", help="(--target) the user; with no --item, their history is the context")
     p.add_argument("-k", type=int, default=10, help="how many items (default %(default)s)")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("record", help="send an events file to a running server")
+    _add_remote_args(p)
+    p.add_argument("--file", required=True, metavar="FILE",
+                   help="CSV or JSONL events file, optionally .gz (user_id,item_id,event_type,timestamp[,session_id])")
+    p.add_argument("--batch", type=int, default=1000, help="events per call (default %(default)s)")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad row instead of reporting it")
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("admin", help=f"admin calls to a running server (token: --token or {ADMIN_TOKEN_ENV})")
+    actions = p.add_subparsers(dest="action", required=True)
+    for name, text in [("status", "the serving model and the server's state"),
+                       ("versions", "model versions, newest first: version state created_at items links"),
+                       ("rollback", "serve an earlier model version again"),
+                       ("rebuild", "build a new version from the whole event history and serve it"),
+                       ("metrics", "the server's request, feedback and latency counters")]:
+        a = actions.add_parser(name, help=text, description=text)
+        if name == "rollback":
+            a.add_argument("version", metavar="VERSION")
+        _add_remote_args(a)
+        a.add_argument("--token", help=f"admin token (default: ${ADMIN_TOKEN_ENV}, which keeps it out of ps)")
+        a.set_defaults(func=cmd_admin)
 
     p = sub.add_parser("serve", help="run the gRPC server (settings: defaults < --config TOML < COVISIT_* env < flags)")
     p.add_argument("--config", metavar="FILE", help="TOML settings file")
@@ -186,10 +303,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    name = " ".join(filter(None, [args.command, getattr(args, "action", None)]))
     try:
         return args.func(args)
+    except grpc.RpcError as exc:
+        print(f"covisit {name}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
     except (BadRow, SnapshotError, ValueError, OSError) as exc:
-        print(f"covisit {args.command}: {exc}", file=sys.stderr)
+        print(f"covisit {name}: {exc}", file=sys.stderr)
         return 2
 
 

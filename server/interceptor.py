@@ -52,6 +52,35 @@ class Latencies:
         return [samples[min(len(samples) - 1, int(len(samples) * q / 100))] for q in qs]
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes are not the expected message."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _tolerant(deserialize):
+    # grpcio answers a decode failure with INTERNAL before any handler runs; bad bytes are the
+    # caller's error, so hand them to the handler as a value it can refuse properly.
+    def decode(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as exc:
+            return _Undecodable(exc)
+    return decode
+
+
+def _checked(request):
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument("request", f"not a valid message ({request.error})")
+    return request
+
+
+def _checked_stream(requests):
+    for request in requests:
+        yield _checked(request)
+
+
 class ServiceInterceptor(grpc.ServerInterceptor):
     """Maps core errors to status codes (anything else is INTERNAL, logged), guards the admin
     service with a bearer token, and records each handler's latency."""
@@ -69,9 +98,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         admin = method.startswith(ADMIN_PREFIX)
         metadata = dict(handler_call_details.invocation_metadata or ())
         if handler.unary_unary:
-            inner, wrap = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+            inner, wrap, streaming = handler.unary_unary, grpc.unary_unary_rpc_method_handler, False
         elif handler.stream_unary:
-            inner, wrap = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+            inner, wrap, streaming = handler.stream_unary, grpc.stream_unary_rpc_method_handler, True
         else:  # no streaming responses in this API
             return handler
 
@@ -81,6 +110,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             try:
                 if admin:
                     self._authorize(metadata.get("authorization", ""))
+                request = _checked_stream(request) if streaming else _checked(request)
                 return inner(request, context)
             except AuthError as exc:
                 code, message = exc.code, str(exc)
@@ -94,7 +124,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 self.latencies.add(method, time.perf_counter() - started)
             context.abort(code, message)  # outside the try: abort works by raising
 
-        return wrap(guarded, request_deserializer=handler.request_deserializer,
+        return wrap(guarded, request_deserializer=_tolerant(handler.request_deserializer),
                     response_serializer=handler.response_serializer)
 
     def _authorize(self, header: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 from covisit.core import kernels_topk as kt
-from covisit.core.catalog import CatalogItem
 from covisit.core.engine import Engine, Recommendation, VersionInfo
 from covisit.core.errors import InvalidArgument
 from covisit.core.events import Event
@@ -149,7 +148,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             latency_p50_ms=p50, latency_p95_ms=p95, latency_p99_ms=p99, **c)
 
     def UpsertItems(self, request, context):
-        items = [CatalogItem(i.item_id, tuple(i.categories), i.available, tuple(i.tags)) for i in request.items]
+        items = [(i.item_id, tuple(i.categories), i.available, tuple(i.tags)) for i in request.items]
         return admin_pb2.UpsertItemsResponse(upserted=self.engine.upsert_items(items))
 
     def DeleteItems(self, request, context):

@@ -1,56 +1,16 @@
 """The real server on a loopback port, called through the real client, for every RPC and error."""
 
-import csv
-import time
-
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from covisit.client import CovisitClient, Event, Item
-from covisit.server.app import create_server
-from covisit.server.config import load_config
-
-TOKEN = "s3cret-admin-token"
-NOW = time.time()
-
-
-def write_events(path):
-    # 60 sessions walk a -> b -> c -> d (every 3rd continues to e); x is seen alone and often.
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["user_id", "item_id", "event_type", "timestamp", "session_id"])
-        t = NOW - 86400
-        for s in range(60):
-            for item in "abcd" + ("e" if s % 3 == 0 else ""):
-                t += 1
-                w.writerow([f"u{s}", item, "view", t, f"s{s}"])
-        for s in range(100):
-            t += 1
-            w.writerow([f"p{s}", "x", "purchase", t, f"p{s}"])
-
-
-def start(tmp_path, **overrides):
-    events = tmp_path / "events.csv"
-    write_events(events)
-    settings = {"server.port": 0, "server.data": str(events), "server.preset": "",
-                "server.data_dir": str(tmp_path / "data"), "server.max_workers": 4,
-                "exploration.rate": 0.0, **overrides}
-    config = load_config(None, {"COVISIT_ADMIN_TOKEN": TOKEN}, settings)
-    server, port, engine = create_server(config)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + 60
-    while health.Check(health_pb2.HealthCheckRequest()).status != health_pb2.HealthCheckResponse.SERVING:
-        assert time.monotonic() < deadline, "the model never loaded"
-        time.sleep(0.05)
-    return server, port, channel
-
+from tests.server.serving import NOW, TOKEN, start
 
 @pytest.fixture
 def served(tmp_path):
-    server, port, channel = start(tmp_path)
+    server, port, _ = start(tmp_path)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     client = CovisitClient(f"127.0.0.1:{port}", timeout=10, admin_token=TOKEN)
     yield client, port, channel
     client.close()
@@ -204,25 +164,20 @@ def test_catalog_rules_and_content_fallback(served):
 
 
 def test_exploration_slot_is_marked_and_seeded(tmp_path):
-    server, port, channel = start(tmp_path, **{"exploration.rate": 1.0, "exploration.seed": 7,
-                                               "exploration.pool": "all", "cache.enabled": False})
+    server, port, _ = start(tmp_path, **{"exploration.rate": 1.0, "exploration.seed": 7,
+                                          "exploration.pool": "all", "cache.enabled": False})
     try:
         with CovisitClient(f"127.0.0.1:{port}", timeout=10) as client:
             rec = client.recommend_items(["a"], k=3)
             assert rec.items[-1].source == "EXPLORATION"
             assert rec.items[-1].item_id not in {"a"} | {i.item_id for i in rec.items[:-1]}
     finally:
-        channel.close()
         server.stop(0)
 
 
 def test_a_second_start_reuses_the_saved_snapshot(tmp_path):
-    server, _, channel = start(tmp_path)
-    channel.close()
-    server.stop(0)
+    start(tmp_path)[0].stop(0)
     saved = tmp_path / "data" / "snapshot" / "metadata.json"
     first = saved.stat().st_mtime_ns
-    server, _, channel = start(tmp_path)
-    channel.close()
-    server.stop(0)
+    start(tmp_path)[0].stop(0)
     assert saved.stat().st_mtime_ns == first  # loaded, not rebuilt and saved again
