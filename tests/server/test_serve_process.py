@@ -1,0 +1,51 @@
+"""`covisit serve` as a real process: it serves, and stops cleanly on SIGTERM and SIGINT."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from covisit.client import CovisitClient
+from tests.server.serving import TOKEN, wait_serving, write_events
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(tmp_path, *flags):
+    events = tmp_path / "events.csv"
+    write_events(events)
+    env = {**os.environ, "COVISIT_ADMIN_TOKEN": TOKEN}
+    return subprocess.Popen(
+        [sys.executable, "-m", "covisit.server.cli", "-q", "serve", "--preset", "", "--data", str(events),
+         "--data-dir", str(tmp_path / "data"), *flags],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serves_then_stops_gracefully(tmp_path, sig):
+    port = free_port()
+    proc = serve(tmp_path, "--port", str(port))
+    try:
+        wait_serving(f"127.0.0.1:{port}")
+        with CovisitClient(f"127.0.0.1:{port}", timeout=10, admin_token=TOKEN) as client:
+            assert client.recommend_items(["a"], k=1).items[0].item_id == "b"
+            assert client.get_status().config["server.admin_token"] == "set"
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_a_bad_setting_stops_the_start_naming_it(tmp_path):
+    proc = serve(tmp_path, "--port", "70000")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "server.port: must be an integer in 0..65535, got 70000" in err
