@@ -2,9 +2,12 @@
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from covisit.client import CovisitClient, Event, Item
+from covisit.server.app import create_server
+from covisit.server.config import ConfigError, load_config
 from tests.server.serving import NOW, TOKEN, start
 
 @pytest.fixture
@@ -181,3 +184,37 @@ def test_a_second_start_reuses_the_saved_snapshot(tmp_path):
     first = saved.stat().st_mtime_ns
     start(tmp_path)[0].stop(0)
     assert saved.stat().st_mtime_ns == first  # loaded, not rebuilt and saved again
+
+
+def test_not_serving_until_a_model_is_loaded(tmp_path):
+    config = load_config(None, {}, {"server.port": 0, "server.data_dir": str(tmp_path)})
+    server, port, _ = create_server(config, load=False)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with CovisitClient(f"127.0.0.1:{port}", timeout=10) as client:
+            code, details = code_of(lambda: client.recommend_items(["a"]))
+        assert code == grpc.StatusCode.UNAVAILABLE and "no model" in details
+        channel.close()
+    finally:
+        server.stop(0)
+
+
+def test_admin_without_a_configured_token(tmp_path):
+    server, port, _ = start(tmp_path / "closed", token="")
+    try:
+        with CovisitClient(f"127.0.0.1:{port}", timeout=10) as client:
+            code, details = code_of(client.get_status)
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "COVISIT_ADMIN_TOKEN" in details
+    finally:
+        server.stop(0)
+    server, port, _ = start(tmp_path / "open", token="", **{"server.insecure_admin": True})
+    try:
+        with CovisitClient(f"127.0.0.1:{port}", timeout=10) as client:
+            assert client.get_status().model_version == "1"
+    finally:
+        server.stop(0)
+    wide_open = load_config(None, {}, {"server.host": "0.0.0.0", "server.insecure_admin": True})
+    with pytest.raises(ConfigError, match="insecure_admin: only allowed on a loopback host"):
+        create_server(wide_open)
