@@ -33,6 +33,7 @@ eval: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python loadtest/bench_core.py
+	$(BIN)/python loadtest/bench_grpc.py
 
 # Regenerate covisit.v1 from proto/covisit/v1/*.proto (the generated files are committed).
 proto: $(STAMP)
