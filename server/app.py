@@ -75,8 +75,8 @@ def _credentials(s) -> grpc.ServerCredentials | None:
 
 
 def create_server(config: Config, engine: Engine | None = None, load: bool = True):
-    """Build the server and start it. Returns (server, port, engine); the model loads in the
-    background and health turns SERVING when it is ready (NOT_SERVING until then)."""
+    """Build the server and start it. Returns (server, port); the model loads in the background
+    and health turns SERVING when it is ready (NOT_SERVING until then)."""
     s = config.server
     if s.insecure_admin and not is_loopback(s.host):
         raise ConfigError(f"server.insecure_admin: only allowed on a loopback host, not {s.host!r}")
@@ -121,12 +121,12 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
                 log.exception("loading the model failed; the server stays NOT_SERVING")
         threading.Thread(target=loader, name="covisit-load", daemon=True).start()
     log.info("covisit serving on %s (%s)", f"{s.host}:{port}", "TLS" if credentials else "plaintext")
-    return server, port, engine
+    return server, port
 
 
 def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    server, _, _ = create_server(config)
+    server, _ = create_server(config)
     stopped = threading.Event()
 
     def stop(signum, frame) -> None:

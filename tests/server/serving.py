@@ -44,7 +44,7 @@ def start(directory: Path, *, probe_credentials: grpc.ChannelCredentials | None 
           probe_host: str = "127.0.0.1", token: str = TOKEN, **overrides):
     """Start the server on a free loopback port over a small events file in `directory`; wait
     until health says SERVING. `overrides` are dotted config keys ("server.tls_cert": ...).
-    The health probe uses `probe_credentials` (TLS) if given. Returns (server, port, engine)."""
+    The health probe uses `probe_credentials` (TLS) if given. Returns (server, port)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     events = directory / "events.csv"
@@ -53,13 +53,13 @@ def start(directory: Path, *, probe_credentials: grpc.ChannelCredentials | None 
                 "server.data_dir": str(directory / "data"), "server.max_workers": 4,
                 "exploration.rate": 0.0, **overrides}
     config = load_config(None, {"COVISIT_ADMIN_TOKEN": token}, settings)
-    server, port, engine = create_server(config)
+    server, port = create_server(config)
     try:
         wait_serving(f"{probe_host}:{port}", probe_credentials)
     except BaseException:
         server.stop(0)
         raise
-    return server, port, engine
+    return server, port
 
 
 def wait_serving(target: str, credentials: grpc.ChannelCredentials | None = None, timeout: float = 60) -> None:

@@ -14,7 +14,7 @@ from tests.server.test_tls import mtls_server, pki  # noqa: F401 (fixtures)
 @pytest.fixture
 def target(tmp_path, monkeypatch):
     monkeypatch.setenv(ADMIN_TOKEN_ENV, TOKEN)
-    server, port, _ = start(tmp_path)
+    server, port = start(tmp_path)
     yield f"127.0.0.1:{port}"
     server.stop(0)
 

@@ -72,7 +72,7 @@ class Fuzz:
 
 @pytest.fixture(scope="module")
 def fuzz(tmp_path_factory):
-    server, port, _ = start(tmp_path_factory.mktemp("fuzz"))
+    server, port = start(tmp_path_factory.mktemp("fuzz"))
     channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", -1)])
     f = Fuzz(channel, recommend_pb2_grpc.RecommendServiceStub(channel),
              feedback_pb2_grpc.FeedbackServiceStub(channel), admin_pb2_grpc.AdminServiceStub(channel))

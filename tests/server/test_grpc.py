@@ -12,7 +12,7 @@ from tests.server.serving import NOW, TOKEN, start
 
 @pytest.fixture
 def served(tmp_path):
-    server, port, _ = start(tmp_path)
+    server, port = start(tmp_path)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     client = CovisitClient(f"127.0.0.1:{port}", timeout=10, admin_token=TOKEN)
     yield client, port, channel
@@ -167,7 +167,7 @@ def test_catalog_rules_and_content_fallback(served):
 
 
 def test_exploration_slot_is_marked_and_seeded(tmp_path):
-    server, port, _ = start(tmp_path, **{"exploration.rate": 1.0, "exploration.seed": 7,
+    server, port = start(tmp_path, **{"exploration.rate": 1.0, "exploration.seed": 7,
                                           "exploration.pool": "all", "cache.enabled": False})
     try:
         with CovisitClient(f"127.0.0.1:{port}", timeout=10) as client:
@@ -188,7 +188,7 @@ def test_a_second_start_reuses_the_saved_snapshot(tmp_path):
 
 def test_not_serving_until_a_model_is_loaded(tmp_path):
     config = load_config(None, {}, {"server.port": 0, "server.data_dir": str(tmp_path)})
-    server, port, _ = create_server(config, load=False)
+    server, port = create_server(config, load=False)
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
@@ -202,14 +202,14 @@ def test_not_serving_until_a_model_is_loaded(tmp_path):
 
 
 def test_admin_without_a_configured_token(tmp_path):
-    server, port, _ = start(tmp_path / "closed", token="")
+    server, port = start(tmp_path / "closed", token="")
     try:
         with CovisitClient(f"127.0.0.1:{port}", timeout=10) as client:
             code, details = code_of(client.get_status)
         assert code == grpc.StatusCode.PERMISSION_DENIED and "COVISIT_ADMIN_TOKEN" in details
     finally:
         server.stop(0)
-    server, port, _ = start(tmp_path / "open", token="", **{"server.insecure_admin": True})
+    server, port = start(tmp_path / "open", token="", **{"server.insecure_admin": True})
     try:
         with CovisitClient(f"127.0.0.1:{port}", timeout=10) as client:
             assert client.get_status().model_version == "1"

@@ -95,7 +95,7 @@ def _recommends(client: CovisitClient) -> None:
 
 @pytest.fixture
 def tls_server(tmp_path, pki):
-    server, port, _ = start(tmp_path, probe_credentials=_probe(pki), probe_host="localhost",
+    server, port = start(tmp_path, probe_credentials=_probe(pki), probe_host="localhost",
                             **{"server.tls_cert": pki.path("server.pem"), "server.tls_key": pki.path("server.key")})
     yield port
     server.stop(0)
@@ -103,7 +103,7 @@ def tls_server(tmp_path, pki):
 
 @pytest.fixture
 def mtls_server(tmp_path, pki):
-    server, port, _ = start(tmp_path, probe_credentials=_probe(pki, client_cert=True), probe_host="localhost",
+    server, port = start(tmp_path, probe_credentials=_probe(pki, client_cert=True), probe_host="localhost",
                             **{"server.tls_cert": pki.path("server.pem"), "server.tls_key": pki.path("server.key"),
                                "server.tls_client_ca": pki.path("ca.pem")})
     yield port
