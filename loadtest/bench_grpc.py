@@ -35,6 +35,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench_core import cpu_model  # a sibling script: loadtest/ is this script's sys.path[0]
 from covisit.client import CovisitClient
 from covisit.core.datasets import read_online_retail
 
@@ -43,17 +44,6 @@ DATA = ROOT / "loadtest" / "data" / "online_retail.csv.gz"
 HOST = "127.0.0.1"  # loopback only
 K = 10
 RUN_SECONDS = 300.0  # no timed loop runs longer than this, whatever its count
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def free_port() -> int:
