@@ -289,9 +289,10 @@ class Engine:
         return (kept + content + fill)[:k]
 
     def _explore(self, snap, items, context, exclude_items, allowed_items, categories) -> list[Scored]:
-        """With probability `rate`, the last slot shows an item from the exploration pool."""
+        """With probability `rate`, the last slot shows an item from the exploration pool
+        (never the only slot: a k=1 caller wants the best item)."""
         cfg = self.exploration
-        if not items or cfg.rate <= 0 or allowed_items or categories:
+        if len(items) < 2 or cfg.rate <= 0 or allowed_items or categories:
             return items
         with self._random_lock:
             if self._random.random() >= cfg.rate:

@@ -74,6 +74,8 @@ def test_exploration_is_seeded_and_marked():
         picks.append([engine.recommend(context_items=["a"], k=3).items[-1] for _ in range(5)])
     assert picks[0] == picks[1]
     assert all(p.source == kt.SOURCE_EXPLORATION for p in picks[0])
+    engine = make_engine(Clock(), rate=1.0, seed=11)
+    assert engine.recommend(context_items=["a"], k=1).items[0].source == kt.SOURCE_COOCCURRENCE
 
 
 def test_scoring_failure_falls_back_to_popularity(monkeypatch):

@@ -21,7 +21,7 @@ def free_port() -> int:
 def serve(tmp_path, *flags):
     events = tmp_path / "events.csv"
     write_events(events)
-    env = {**os.environ, "COVISIT_ADMIN_TOKEN": TOKEN}
+    env = {**os.environ, "COVISIT_ADMIN_TOKEN": TOKEN, "COVISIT_EXPLORATION_RATE": "0"}
     return subprocess.Popen(
         [sys.executable, "-m", "covisit.server.cli", "-q", "serve", "--preset", "", "--data", str(events),
          "--data-dir", str(tmp_path / "data"), *flags],
