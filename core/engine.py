@@ -129,9 +129,14 @@ class Engine:
         log.info("serving model v%d (was v%s): %d items, %d links", snap.version,
                  old.version if old else "-", snap.n_items, snap.n_links)
 
-    def load(self, events: Sequence[Event], snapshot: Snapshot | None = None) -> None:
-        """Start from an event history; serve `snapshot` if given (saved from those same
-        events), else build one."""
+    def serve_saved(self, snapshot: Snapshot) -> None:
+        """Answer from a saved snapshot at once, before the event history is replayed."""
+        with self._write:
+            self._publish(snapshot)
+
+    def load(self, events: Sequence[Event]) -> None:
+        """Count an event history into the model that later events update; publish a snapshot
+        of it unless one saved from the same events already serves."""
         with self._write:
             self._model = CoVisitModel(self.model_config, threads=1)
             self._model.update(list(events))
@@ -139,9 +144,8 @@ class Engine:
             self._newest_event = max((e.timestamp for e in events), default=0.0)
             for ev in events:
                 self._remember(ev)
-            if snapshot is None or snapshot.watermark != len(events):
-                snapshot = self._model.snapshot(version=1)
-            self._publish(snapshot)
+            if self._snapshot is None or self._snapshot.watermark != len(events):
+                self._publish(self._model.snapshot(version=max(self._versions, default=0) + 1))
 
     def record_events(self, events: Sequence[Event]) -> int:
         """Validate the whole batch, then count it and publish the updated model."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import signal
@@ -41,28 +42,43 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load_model(config: Config, engine: Engine) -> None:
-    """The startup model: the configured events, served from the snapshot saved by an earlier
-    start when it reflects exactly those events, else built and saved for the next start."""
+def _fingerprint(path: Path) -> str:
+    """sha256 of a data file, or of a data folder's files (the diginetica preset is a folder)."""
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()) if path.is_dir() else [path]:
+        digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+def load_model(config: Config, engine: Engine, on_serving=lambda: None) -> None:
+    """The startup model. A snapshot saved by an earlier start from the same data file and
+    settings serves at once (on_serving is called then); the events are still read and counted
+    afterwards, since later events update those counts. Otherwise the model is built from the
+    events, serves, and is saved for the next start."""
     s = config.server
-    report = read_preset(s.preset, s.data) if s.preset else read_events_file(s.data)
-    events = sorted(report.events, key=lambda e: e.timestamp)
+    source = {"preset": s.preset, "sha256": _fingerprint(Path(s.data))}
     saved_dir = Path(s.data_dir) / "snapshot"
-    saved = None
     try:
         saved = Snapshot.load(saved_dir)
-        if saved.watermark != len(events) or saved.config != engine.model_config:
+        if saved.meta.get("source") == source and saved.config == engine.model_config:
+            engine.serve_saved(saved)
+            on_serving()
+        else:
             log.info("saved snapshot in %s is for other data or settings; rebuilding", saved_dir)
             saved = None
     except SnapshotError as exc:
+        saved = None
         log.info("no usable saved snapshot (%s); building", exc)
-    engine.load(events, saved)
+    report = read_preset(s.preset, s.data) if s.preset else read_events_file(s.data)
+    engine.load(sorted(report.events, key=lambda e: e.timestamp))
     preset_catalog = CATALOG_PRESETS.get(s.preset)
     if preset_catalog and not s.catalog:  # metadata for the CONTENT fallback of cold items
         engine.catalog.upsert(preset_catalog(s.data))
     if saved is None:
+        engine.snapshot.meta["source"] = source
         engine.snapshot.save(saved_dir)
         log.info("saved the model to %s", saved_dir)
+        on_serving()
 
 
 def _credentials(s) -> grpc.ServerCredentials | None:
@@ -115,8 +131,7 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
     if load and not engine.ready:
         def loader() -> None:
             try:
-                load_model(config, engine)
-                set_health(health_pb2.HealthCheckResponse.SERVING)
+                load_model(config, engine, lambda: set_health(health_pb2.HealthCheckResponse.SERVING))
             except Exception:
                 log.exception("loading the model failed; the server stays NOT_SERVING")
         threading.Thread(target=loader, name="covisit-load", daemon=True).start()
