@@ -17,7 +17,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from covisit.core.kernels_topk import heap_push, heap_sort_best_first
+from covisit.core.kernels_topk import _worse, heap_push, heap_sort_best_first
 from covisit.core.prefetch import prefetch_write as _prefetch
 
 DIST_NONE = 0  # every pair in the window weighs the same
@@ -337,24 +337,32 @@ def similarity(method, c, r, s, total):
     return c
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, parallel=True)
 def prune_rows(indptr, indices, data, row_sum, col_sum, total, rank, method, top_n):
-    """Serving CSR: each row's `top_n` best neighbours by similarity, best first, float32."""
+    """Serving CSR: each row's `top_n` best neighbours by similarity, best first, float32.
+
+    Rows are independent, so they run in parallel (numba's thread count; a serving process
+    sets it to 1 for its builder)."""
     n_rows = indptr.shape[0] - 1
     out_indptr = np.zeros(n_rows + 1, dtype=np.int64)
     for r in range(n_rows):
         out_indptr[r + 1] = out_indptr[r] + min(indptr[r + 1] - indptr[r], top_n)
     out_indices = np.empty(out_indptr[n_rows], dtype=np.int32)
     out_scores = np.empty(out_indptr[n_rows], dtype=np.float32)
-    for r in range(n_rows):
+    for r in prange(n_rows):
         lo, hi = out_indptr[r], out_indptr[r + 1]
         if lo == hi:
             continue
         heap_s = out_scores[lo:hi]
         heap_i = out_indices[lo:hi]
         size = 0
+        needs_col = method != SIM_RAW and method != SIM_CONDITIONAL
         for q in range(indptr[r], indptr[r + 1]):
-            score = similarity(method, data[q], row_sum[r], col_sum[indices[q]], total)
-            size = heap_push(heap_s, heap_i, size, np.float32(score), indices[q], rank)
+            # a column total is a random access into a catalog-sized array: only when used
+            s = col_sum[indices[q]] if needs_col else 0.0
+            score = np.float32(similarity(method, data[q], row_sum[r], s, total))
+            if size == hi - lo and not _worse(heap_s[0], heap_i[0], score, indices[q], rank):
+                continue  # cannot enter a full heap: skip the call
+            size = heap_push(heap_s, heap_i, size, score, indices[q], rank)
         heap_sort_best_first(heap_s, heap_i, size, rank)
     return out_indptr, out_indices, out_scores
