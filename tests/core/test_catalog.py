@@ -26,17 +26,11 @@ from covisit.core.config import ModelConfig
 from covisit.core.datasets import BadRow
 from covisit.core.interning import IdMap
 from covisit.core.snapshot import Snapshot
+from tests.core.files import write
 
 ONLINE_RETAIL = Path(__file__).resolve().parents[2] / "loadtest" / "data" / "online_retail.csv.gz"
 
 
-def write(path: Path, text: str) -> Path:
-    if path.suffix == ".gz":
-        with gzip.open(path, "wt", encoding="utf-8", newline="") as f:
-            f.write(text)
-    else:
-        path.write_text(text, encoding="utf-8", newline="")
-    return path
 
 
 def reference_neighbours(items, item_id, popularity, k, exclude):

@@ -1,6 +1,5 @@
 """Tests for the event file readers, on small hand-made files and the bundled Online Retail data."""
 
-import gzip
 import json
 import logging
 import time
@@ -18,6 +17,7 @@ from covisit.core.datasets import (
     read_preset,
 )
 from covisit.core.events import Event
+from tests.core.files import write
 
 ONLINE_RETAIL = Path(__file__).resolve().parents[2] / "loadtest" / "data" / "online_retail.csv.gz"
 
@@ -29,13 +29,6 @@ MIDNIGHT_0509 = 1462752000.0  # 2016-05-09 00:00:00 UTC
 MIDNIGHT_0510 = 1462838400.0  # 2016-05-10 00:00:00 UTC
 
 
-def write(path: Path, text: str) -> Path:
-    if path.suffix == ".gz":
-        with gzip.open(path, "wt", encoding="utf-8", newline="") as f:
-            f.write(text)
-    else:
-        path.write_text(text, encoding="utf-8", newline="")
-    return path
 
 
 # --- generic CSV / JSONL -------------------------------------------------------------------------
