@@ -22,6 +22,7 @@ from covisit.core import kernels_topk as kt
 from covisit.core.catalog import Catalog, CatalogItem, popularity_view
 from covisit.core.config import ModelConfig
 from covisit.core.errors import InvalidArgument, NotFound, Unavailable
+from covisit.core.eventlog import EventLog
 from covisit.core.events import Event, InvalidEvent, check_events, check_id
 from covisit.core.model import CoVisitModel
 from covisit.core.scoring import Scored, recommend, similar_items
@@ -82,10 +83,11 @@ class Engine:
     objects with the same attributes)."""
 
     def __init__(self, model_config: ModelConfig, *, limits, cache, history, exploration,
-                 catalog: Catalog | None = None, clock=time.time):
+                 catalog: Catalog | None = None, log: EventLog | None = None, clock=time.time):
         self.model_config = model_config
         self.limits, self.cache_config, self.exploration = limits, cache, exploration
         self.catalog = catalog or Catalog()
+        self.event_log = log  # recorded events are durable here before they are acknowledged
         self.clock = clock
         self.started = clock()
         self._snapshot: Snapshot | None = None
@@ -150,7 +152,9 @@ class Engine:
     def record_events(self, events: Sequence[Event]) -> int:
         """Validate the whole batch, then count it and publish the updated model."""
         self._check_batch(events)
-        with self._write:
+        with self._write:  # one writer at a time, so the model sees events in log order
+            if self.event_log is not None:
+                self.event_log.append(events)
             parent = self._snapshot.version if self._snapshot else None
             self._model.update(events)
             self._events.extend(events)

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from covisit.core.catalog import Catalog, catalog_from_diginetica, catalog_from_online_retail, read_catalog_csv
 from covisit.core.datasets import read_events_file, read_preset
 from covisit.core.engine import Engine
+from covisit.core.eventlog import LocalEventLog
 from covisit.core.snapshot import Snapshot, SnapshotError
 from covisit.server.config import Config, ConfigError
 from covisit.server.interceptor import Latencies, ServiceInterceptor
@@ -70,7 +71,10 @@ def load_model(config: Config, engine: Engine, on_serving=lambda: None) -> None:
         saved = None
         log.info("no usable saved snapshot (%s); building", exc)
     report = read_preset(s.preset, s.data) if s.preset else read_events_file(s.data)
-    engine.load(sorted(report.events, key=lambda e: e.timestamp))
+    events = sorted(report.events, key=lambda e: e.timestamp)
+    if engine.event_log is not None:  # then every event recorded since, in log order
+        events += [event for _, event in engine.event_log.read(0)]
+    engine.load(events)
     preset_catalog = CATALOG_PRESETS.get(s.preset)
     if preset_catalog and not s.catalog:  # metadata for the CONTENT fallback of cold items
         engine.catalog.upsert(preset_catalog(s.data))
@@ -90,9 +94,27 @@ def _credentials(s) -> grpc.ServerCredentials | None:
                                        require_client_auth=client_ca is not None)
 
 
+class CovisitServer:
+    """The running gRPC server; stopping it also closes the event log, once requests are done."""
+
+    def __init__(self, server: grpc.Server, engine: Engine):
+        self._server, self.engine = server, engine
+
+    def stop(self, grace: float | None) -> threading.Event:
+        self._server.stop(grace).wait()
+        if self.engine.event_log is not None:
+            self.engine.event_log.close()
+        done = threading.Event()
+        done.set()
+        return done
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._server.wait_for_termination(timeout)
+
+
 def create_server(config: Config, engine: Engine | None = None, load: bool = True):
-    """Build the server and start it. Returns (server, port); the model loads in the background
-    and health turns SERVING when it is ready (NOT_SERVING until then)."""
+    """Build the server and start it. Returns (CovisitServer, port); the model loads in the
+    background and health turns SERVING when it is ready (NOT_SERVING until then)."""
     s = config.server
     if s.insecure_admin and not is_loopback(s.host):
         raise ConfigError(f"server.insecure_admin: only allowed on a loopback host, not {s.host!r}")
@@ -103,7 +125,8 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
         if s.catalog:
             catalog.upsert(read_catalog_csv(s.catalog))
         engine = Engine(config.model, limits=config.limits, cache=config.cache, history=config.history,
-                        exploration=config.exploration, catalog=catalog)
+                        exploration=config.exploration, catalog=catalog,
+                        log=LocalEventLog(Path(s.data_dir) / "events"))
     latencies = Latencies()
     options = [("grpc.max_receive_message_length", s.max_message_bytes),
                ("grpc.max_send_message_length", s.max_message_bytes)]
@@ -136,7 +159,7 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
                 log.exception("loading the model failed; the server stays NOT_SERVING")
         threading.Thread(target=loader, name="covisit-load", daemon=True).start()
     log.info("covisit serving on %s (%s)", f"{s.host}:{port}", "TLS" if credentials else "plaintext")
-    return server, port
+    return CovisitServer(server, engine), port
 
 
 def serve(config: Config) -> None:
@@ -146,7 +169,7 @@ def serve(config: Config) -> None:
 
     def stop(signum, frame) -> None:
         log.info("signal %d: stopping (grace %.1fs)", signum, config.server.grace_seconds)
-        server.stop(config.server.grace_seconds).wait()
+        server.stop(config.server.grace_seconds)
         stopped.set()
 
     signal.signal(signal.SIGTERM, stop)

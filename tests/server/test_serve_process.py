@@ -5,10 +5,11 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
-from covisit.client import CovisitClient
+from covisit.client import CovisitClient, Event
 from tests.server.serving import TOKEN, wait_serving, write_events
 
 
@@ -49,3 +50,31 @@ def test_a_bad_setting_stops_the_start_naming_it(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "server.port: must be an integer in 0..65535, got 70000" in err
+
+
+def test_acknowledged_events_survive_kill_9(tmp_path):
+    port = free_port()
+    proc = serve(tmp_path, "--port", str(port))
+    try:
+        wait_serving(f"127.0.0.1:{port}")
+        with CovisitClient(f"127.0.0.1:{port}", timeout=10, admin_token=TOKEN) as client:
+            before = client.get_status().events
+            acked = sum(client.record_events([Event(f"k{n}", item, "view", time.time(), f"k{n}")
+                                              for item in ("y", "z")]) for n in range(25))
+        proc.send_signal(signal.SIGKILL)  # no chance to flush or close anything
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.communicate()
+    proc = serve(tmp_path, "--port", str(port))
+    try:
+        wait_serving(f"127.0.0.1:{port}")
+        with CovisitClient(f"127.0.0.1:{port}", timeout=10, admin_token=TOKEN) as client:
+            deadline = time.monotonic() + 30  # the saved snapshot serves first; the log replays after
+            while client.get_status().events != before + acked:
+                assert time.monotonic() < deadline, "the recorded events never came back"
+                time.sleep(0.1)
+            assert client.recommend_items(["y"], k=1).items[0].item_id == "z"
+    finally:
+        proc.kill()
+        proc.communicate()
