@@ -129,7 +129,10 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
                         log=LocalEventLog(Path(s.data_dir) / "events"))
     latencies = Latencies()
     options = [("grpc.max_receive_message_length", s.max_message_bytes),
-               ("grpc.max_send_message_length", s.max_message_bytes)]
+               ("grpc.max_send_message_length", s.max_message_bytes),
+               # grpcio shares ports by default: a second server on a taken port would silently
+               # get half the traffic (with its own model and log); make that a start error
+               ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.max_workers), options=options,
                          interceptors=[ServiceInterceptor(s.admin_token, s.insecure_admin, latencies)])
     recommend_pb2_grpc.add_RecommendServiceServicer_to_server(RecommendServicer(engine), server)
@@ -141,8 +144,13 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
 
     address = f"{s.host}:{s.port}"
     credentials = _credentials(s)
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:  # grpcio's word for a port it cannot bind
+        port = 0
     if port == 0:
+        if engine.event_log is not None:
+            engine.event_log.close()  # free the log's lock for the next attempt
         raise OSError(f"cannot bind {address}")
 
     def set_health(status) -> None:

@@ -218,3 +218,16 @@ def test_admin_without_a_configured_token(tmp_path):
     wide_open = load_config(None, {}, {"server.host": "0.0.0.0", "server.insecure_admin": True})
     with pytest.raises(ConfigError, match="insecure_admin: only allowed on a loopback host"):
         create_server(wide_open)
+
+
+def test_a_taken_port_fails_cleanly_and_frees_the_log(tmp_path):
+    server, port = start(tmp_path / "first")
+    try:
+        clash = load_config(None, {}, {"server.port": port, "server.data_dir": str(tmp_path / "second")})
+        with pytest.raises(OSError, match=f"cannot bind 127.0.0.1:{port}"):
+            create_server(clash)
+        again, _ = create_server(load_config(None, {}, {"server.port": 0, "server.data_dir": str(tmp_path / "second")}),
+                                 load=False)
+        again.stop(0)  # the log in "second" could be opened again
+    finally:
+        server.stop(0)
