@@ -170,9 +170,14 @@ class CoVisitModel:
         if len(indptr) - 1 < n:  # items interned but not yet counted have empty rows
             indptr = np.concatenate([indptr, np.full(n + 1 - len(indptr), indptr[-1])])
         row_sum, col_sum, total = kb.row_col_sums(indptr, self.indices, self.data, n)
-        out_indptr, out_indices, out_scores = kb.prune_rows(
-            indptr, self.indices, self.data, row_sum, col_sum, total, rank,
-            SIMILARITIES[cfg.similarity], cfg.top_n)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # this thread only
+        try:
+            out_indptr, out_indices, out_scores = kb.prune_rows(
+                indptr, self.indices, self.data, row_sum, col_sum, total, rank,
+                SIMILARITIES[cfg.similarity], cfg.top_n)
+        finally:
+            numba.set_num_threads(previous)
         seconds = time.perf_counter() - started
         log.debug("snapshot v%d: %d items, %d links in %.3fs", version, n, len(out_indices), seconds)
         return Snapshot(version=version, parent=parent, config=cfg, items=self.items.copy(),
