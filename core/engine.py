@@ -265,17 +265,17 @@ class Engine:
                 check_id(f"{name}[{i}]", value)
 
     def _score(self, snap, context, k, exclude_items, seen, allowed_items, categories) -> list[Scored]:
-        hidden = self.catalog.hidden_ids()
-        exclude = [*exclude_items, *seen, *hidden]
+        exclude = [*exclude_items, *seen]
+        hidden = self.catalog.hidden_dense(snap.items)  # content neighbours skip hidden items too
         allowed = None if allowed_items is None or not allowed_items else set(allowed_items)
         if categories:
             in_categories = self.catalog.items_in_categories(categories)
             allowed = in_categories if allowed is None else allowed & in_categories
         try:
-            items = recommend(snap, context, k, exclude=exclude, allowed=allowed)
+            items = recommend(snap, context, k, exclude=exclude, allowed=allowed, exclude_ids=hidden)
         except Exception:  # never fail a request for a scoring bug: popular items instead
             log.exception("scoring failed; answering from popularity")
-            items = recommend(snap, [], k, exclude=exclude, allowed=allowed)
+            items = recommend(snap, [], k, exclude=exclude, allowed=allowed, exclude_ids=hidden)
         return self._content_fill(snap, items, context, k, exclude, allowed)
 
     def _content_fill(self, snap, items, context, k, exclude, allowed) -> list[Scored]:
@@ -320,7 +320,7 @@ class Engine:
         if not 1 <= k <= self.limits.max_k:
             raise InvalidArgument("k", f"must be in 1..{self.limits.max_k}, got {k}")
         snap = self.snapshot
-        return similar_items(snap, item_id, k, exclude=self.catalog.hidden_ids()), snap.version
+        return similar_items(snap, item_id, k, exclude_ids=self.catalog.hidden_dense(snap.items)), snap.version
 
     # ---- feedback ----------------------------------------------------------------------
     def record_impressions(self, request_id: str, user_id: str, item_ids: Sequence[str]) -> int:

@@ -57,10 +57,12 @@ def _known(snapshot: Snapshot, ids: Iterable[str]) -> list[int]:
 
 def recommend(snapshot: Snapshot, context: Sequence[str], k: int = 10,
               exclude: Iterable[str] = (), allowed: Iterable[str] | None = None,
-              exclude_context: bool | None = None) -> list[Scored]:
+              exclude_context: bool | None = None, exclude_ids: np.ndarray = _EMPTY) -> list[Scored]:
     """Top-k items for a context (newest last); popularity fills what co-visitation can't.
 
     Unknown context items are ignored; unknown excluded/allowed items match nothing.
+    `exclude_ids`: more exclusions as this snapshot's int32 ids (e.g. hidden catalog items,
+    converted once per snapshot instead of once per request).
     """
     if not 1 <= k <= MAX_K:
         raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
@@ -74,7 +76,9 @@ def recommend(snapshot: Snapshot, context: Sequence[str], k: int = 10,
     # sorted(set()) beats np.unique by microseconds on the few ids a request carries
     allowed_arr = np.array(sorted(set(_known(snapshot, allowed))), dtype=np.int32) if use_allowed else _EMPTY
     exclude_arr = np.array(excluded, dtype=np.int32) if excluded else _EMPTY
-    keys, vals, slots = _thread_scratch(scratch_size(snapshot, len(ctx_ids), len(excluded)))
+    if len(exclude_ids):
+        exclude_arr = np.concatenate([exclude_arr, exclude_ids])
+    keys, vals, slots = _thread_scratch(scratch_size(snapshot, len(ctx_ids), len(exclude_arr)))
     out_items = np.empty(k, dtype=np.int32)
     out_scores = np.empty(k, dtype=np.float32)
     out_sources = np.empty(k, dtype=np.int8)
@@ -86,6 +90,6 @@ def recommend(snapshot: Snapshot, context: Sequence[str], k: int = 10,
             for i, s, src in zip(out_items[:n].tolist(), out_scores[:n].tolist(), out_sources[:n].tolist())]
 
 
-def similar_items(snapshot: Snapshot, item_id: str, k: int = 10, exclude: Iterable[str] = ()) -> list[Scored]:
+def similar_items(snapshot: Snapshot, item_id: str, k: int = 10, exclude_ids: np.ndarray = _EMPTY) -> list[Scored]:
     """Items most often visited with `item_id` (itself excluded), popularity-filled."""
-    return recommend(snapshot, [item_id], k, exclude=exclude, exclude_context=True)
+    return recommend(snapshot, [item_id], k, exclude_context=True, exclude_ids=exclude_ids)

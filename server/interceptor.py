@@ -96,7 +96,6 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             return None
         method = handler_call_details.method
         admin = method.startswith(ADMIN_PREFIX)
-        metadata = dict(handler_call_details.invocation_metadata or ())
         if handler.unary_unary:
             inner, wrap, streaming = handler.unary_unary, grpc.unary_unary_rpc_method_handler, False
         elif handler.stream_unary:
@@ -109,6 +108,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             code, message = None, ""
             try:
                 if admin:
+                    metadata = dict(handler_call_details.invocation_metadata or ())
                     self._authorize(metadata.get("authorization", ""))
                 request = _checked_stream(request) if streaming else _checked(request)
                 return inner(request, context)
