@@ -52,13 +52,13 @@ class IdMap:
         clone._ids = dict(self._ids)
         return clone
 
+    def view(self) -> IdMapView:
+        """The ids assigned so far, frozen in O(1) while this map keeps growing."""
+        return IdMapView(self._names, self._ids, len(self._names))
+
     def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 UTF-8 bytes of all names, int64 offsets with len+1 entries)."""
-        encoded = [n.encode("utf-8") for n in self._names]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(b) for b in encoded], out=offsets[1:])
-        blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-        return blob, offsets
+        return _encode(self._names)
 
     @classmethod
     def from_arrays(cls, blob: np.ndarray, offsets: np.ndarray) -> IdMap:
@@ -73,3 +73,52 @@ class IdMap:
         if len(idmap) != len(names):
             raise ValueError("duplicate ids in the saved id table")
         return idmap
+
+
+class IdMapView:
+    """The first `n` ids of an IdMap, read-only, sharing its list and dict (a snapshot's items).
+
+    Ids an IdMap has assigned never change and it only appends, so the prefix is immutable; ids
+    from `n` on are invisible here. The owner appends under its single writer while readers use
+    views: CPython list and dict reads are safe beside appends under the GIL."""
+
+    __slots__ = ("_ids", "_n", "_names")
+
+    def __init__(self, names: list[str], ids: dict[str, int], n: int):
+        self._names, self._ids, self._n = names, ids, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, name: str) -> bool:
+        return self._ids.get(name, INT32_MAX) < self._n
+
+    def get(self, name: str, default: int = -1) -> int:
+        idx = self._ids.get(name, INT32_MAX)
+        return idx if idx < self._n else default
+
+    def name(self, idx: int) -> str:
+        if not 0 <= idx < self._n:
+            raise IndexError(f"id {idx} not in 0..{self._n - 1}")
+        return self._names[idx]
+
+    def names(self) -> list[str]:
+        return self._names[:self._n]
+
+    def copy(self) -> IdMap:
+        clone = IdMap()
+        clone._names = self.names()
+        clone._ids = dict(zip(clone._names, range(self._n)))
+        return clone
+
+    def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 UTF-8 bytes of all names, int64 offsets with len+1 entries)."""
+        return _encode(self._names[:self._n])
+
+
+def _encode(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    encoded = [n.encode("utf-8") for n in names]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    return blob, offsets

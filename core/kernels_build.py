@@ -147,19 +147,23 @@ def count_pairs(seqs, items, weights, times, bounds, hist_items, hist_w, hist_n,
 
 
 @njit(nogil=True, cache=True)
-def plan_buckets(indptr, counts, region):
+def plan_buckets(indptr, counts, region, touched):
     """Lay out the bucket buffer, row after row: row r's region starts at region[r] and holds its
     old columns, then its pairs from chunk 0, chunk 1, ... Turns counts[k, r] into the position
-    of the first pair of chunk k in row r. A row never outgrows its region when merged."""
+    of the first pair of chunk k in row r. A row never outgrows its region when merged.
+    Sets touched[r] for each row that gets pairs."""
     n_rows = region.shape[0] - 1
     pos = 0
     for r in range(n_rows):
         region[r] = pos
         pos += indptr[r + 1] - indptr[r]
+        old_end = pos
         for k in range(counts.shape[0]):
             n = counts[k, r]
             counts[k, r] = pos
             pos += n
+        if pos > old_end:
+            touched[r] = True
     region[n_rows] = pos
 
 
@@ -243,10 +247,11 @@ def place_rows(indptr, indices, data, region, row_bounds, new_indptr, cols, vals
 
 def add_events(indptr, indices, data, n_items, seqs, items, weights, times, hist_items, hist_w,
                hist_n, last_time, uses_gap, backward, dist_mode, gap, half_life, anchor, pop,
-               n_threads):
+               touched, n_threads):
     """Count a batch of events into the exact-count CSR; returns the new (indptr, indices, data)
     and the number of pairs added. The arrays given are not changed, except the sequence state
-    (hist_*, last_time: moved past the batch) and `pop` (gets the events' weights).
+    (hist_*, last_time: moved past the batch), `pop` (gets the events' weights) and `touched`
+    (bool, n_items: set for each row that gets pairs).
 
     Two walks over the events: count_pairs sizes each row's bucket, emit_pairs fills the buckets
     (in `n_threads` chunks of events); then merge_buckets merges rows in place (in `n_threads`
@@ -271,7 +276,7 @@ def add_events(indptr, indices, data, n_items, seqs, items, weights, times, hist
                           start_w, start_n, start_time, counts, pop)
 
     region = np.empty(n_items + 1, dtype=np.int64)
-    plan_buckets(indptr, counts, region)
+    plan_buckets(indptr, counts, region, touched)
     cols = np.empty(region[n_items], dtype=np.int32)
     vals = np.empty(region[n_items], dtype=np.float64)
     emit_pairs(seqs, items, weights, times, bounds, start_items, start_w, start_n, start_time,
@@ -337,32 +342,101 @@ def similarity(method, c, r, s, total):
     return c
 
 
+@njit(nogil=True, cache=True)
+def _prune_row(indptr, indices, data, r, col_sum, total, rank, method, heap_s, heap_i):
+    """Row r's len(heap_s) best neighbours by similarity into (heap_s, heap_i), best first."""
+    lo, hi = indptr[r], indptr[r + 1]
+    row_sum = 0.0
+    if method != SIM_RAW:
+        for q in range(lo, hi):
+            row_sum += data[q]
+    needs_col = method != SIM_RAW and method != SIM_CONDITIONAL
+    k = heap_s.shape[0]
+    size = 0
+    for q in range(lo, hi):
+        # a column total is a random access into a catalog-sized array: only when used
+        s = col_sum[indices[q]] if needs_col else 0.0
+        score = np.float32(similarity(method, data[q], row_sum, s, total))
+        if size == k and not _worse(heap_s[0], heap_i[0], score, indices[q], rank):
+            continue  # cannot enter a full heap: skip the call
+        size = heap_push(heap_s, heap_i, size, score, indices[q], rank)
+    heap_sort_best_first(heap_s, heap_i, size, rank)
+
+
 @njit(nogil=True, cache=True, parallel=True)
-def prune_rows(indptr, indices, data, row_sum, col_sum, total, rank, method, top_n):
-    """Serving CSR: each row's `top_n` best neighbours by similarity, best first, float32.
+def prune_rows(indptr, indices, data, rows, col_sum, total, rank, method, top_n):
+    """Serving CSR of the given rows (in that order): each one's `top_n` best neighbours by
+    similarity, best first, float32. Row totals are summed here; column totals and the grand
+    total (`col_sum`, `total`) are read only by the column-dependent similarities.
 
     Rows are independent, so they run in parallel (numba's thread count; a serving process
     sets it to 1 for its builder)."""
-    n_rows = indptr.shape[0] - 1
+    n_rows = rows.shape[0]
     out_indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    for r in range(n_rows):
-        out_indptr[r + 1] = out_indptr[r] + min(indptr[r + 1] - indptr[r], top_n)
+    for k in range(n_rows):
+        r = rows[k]
+        out_indptr[k + 1] = out_indptr[k] + min(indptr[r + 1] - indptr[r], top_n)
     out_indices = np.empty(out_indptr[n_rows], dtype=np.int32)
     out_scores = np.empty(out_indptr[n_rows], dtype=np.float32)
-    for r in prange(n_rows):
-        lo, hi = out_indptr[r], out_indptr[r + 1]
-        if lo == hi:
-            continue
-        heap_s = out_scores[lo:hi]
-        heap_i = out_indices[lo:hi]
-        size = 0
-        needs_col = method != SIM_RAW and method != SIM_CONDITIONAL
-        for q in range(indptr[r], indptr[r + 1]):
-            # a column total is a random access into a catalog-sized array: only when used
-            s = col_sum[indices[q]] if needs_col else 0.0
-            score = np.float32(similarity(method, data[q], row_sum[r], s, total))
-            if size == hi - lo and not _worse(heap_s[0], heap_i[0], score, indices[q], rank):
-                continue  # cannot enter a full heap: skip the call
-            size = heap_push(heap_s, heap_i, size, score, indices[q], rank)
-        heap_sort_best_first(heap_s, heap_i, size, rank)
+    for k in prange(n_rows):
+        lo, hi = out_indptr[k], out_indptr[k + 1]
+        if lo < hi:
+            _prune_row(indptr, indices, data, rows[k], col_sum, total, rank, method,
+                       out_scores[lo:hi], out_indices[lo:hi])
     return out_indptr, out_indices, out_scores
+
+
+@njit(nogil=True, cache=True)
+def splice_rows(old_indptr, old_indices, old_scores, rows, new_indptr, new_indices, new_scores,
+                out_indptr, out_indices, out_scores):
+    """Fill the `out_*` CSR: rows in `rows` (ascending) from the `new_*` CSR (its k-th row is
+    rows[k]), every other row from the `old_*` CSR. The output may have more rows than the old
+    one; each row past the old ones must be in `rows`. Runs of old rows move as one block each."""
+    n_rows = out_indptr.shape[0] - 1
+    out_indptr[0] = 0
+    out = 0
+    r = 0
+    for k in range(rows.shape[0] + 1):
+        end = rows[k] if k < rows.shape[0] else n_rows
+        if r < end:  # rows r..end-1 keep their old content, shifted by `shift`
+            lo, hi = old_indptr[r], old_indptr[end]
+            out_indices[out:out + hi - lo] = old_indices[lo:hi]
+            out_scores[out:out + hi - lo] = old_scores[lo:hi]
+            shift = out - lo
+            for q in range(r + 1, end + 1):
+                out_indptr[q] = old_indptr[q] + shift
+            out += hi - lo
+        if k < rows.shape[0]:
+            lo, hi = new_indptr[k], new_indptr[k + 1]
+            out_indices[out:out + hi - lo] = new_indices[lo:hi]
+            out_scores[out:out + hi - lo] = new_scores[lo:hi]
+            out += hi - lo
+            out_indptr[end + 1] = out
+            r = end + 1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _more_popular(a, b, popularity):
+    """True if item a comes before item b in a fill order (ties go to the lower id)."""
+    return popularity[a] > popularity[b] or (popularity[a] == popularity[b] and a < b)
+
+
+@njit(nogil=True, cache=True)
+def merge_fill_order(old_order, moved, changed, popularity, fill_order, rank):
+    """Fill `fill_order` (ids most popular first, ties to the lower id: a stable argsort of
+    -popularity) and `rank` (each id's position in it) in one pass, by merging two lists already
+    in that order: `old_order` without the ids marked in `moved`, and `changed` (the moved ids
+    and ids new since old_order, by their current popularity)."""
+    n_old, n_changed = old_order.shape[0], changed.shape[0]
+    i = j = 0
+    for pos in range(fill_order.shape[0]):
+        while i < n_old and moved[old_order[i]]:
+            i += 1
+        if j < n_changed and (i == n_old or _more_popular(changed[j], old_order[i], popularity)):
+            item = changed[j]
+            j += 1
+        else:
+            item = old_order[i]
+            i += 1
+        fill_order[pos] = item
+        rank[item] = pos

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from covisit.core.config import ModelConfig
-from covisit.core.interning import IdMap
+from covisit.core.interning import IdMap, IdMapView
 
 FORMAT = "covisit-snapshot"
 FORMAT_VERSION = 1
@@ -43,7 +43,7 @@ class Snapshot:
     version: int
     parent: int | None
     config: ModelConfig
-    items: IdMap
+    items: IdMap | IdMapView  # a view of the live model's ids, or loaded from disk
     indptr: np.ndarray  # int64, n_items + 1
     indices: np.ndarray  # int32, neighbours of each row, best first
     scores: np.ndarray  # float32, their similarity scores

@@ -118,3 +118,22 @@ def test_from_arrays_rejects_split_multibyte_char():
     blob, _ = _arrays(["é"])  # two bytes
     with pytest.raises(ValueError):
         IdMap.from_arrays(blob, np.array([0, 1, 2], dtype=np.int64))
+
+
+def test_view_is_a_fixed_prefix_while_the_map_grows():
+    m = IdMap(["a", "b"])
+    v = m.view()
+    m.intern("c")
+    assert len(v) == 2 and len(m) == 3
+    assert (v.get("a"), v.get("b"), v.get("c"), v.get("c", 7), v.get("zz")) == (0, 1, -1, 7, -1)
+    assert "b" in v and "c" not in v and "zz" not in v
+    assert v.name(1) == "b"
+    with pytest.raises(IndexError):
+        v.name(2)
+    assert v.names() == ["a", "b"]
+    blob, offsets = v.to_arrays()
+    assert IdMap.from_arrays(blob, offsets).names() == ["a", "b"]
+    clone = v.copy()
+    clone.intern("d")
+    assert clone.names() == ["a", "b", "d"] and clone.get("d") == 2 and m.get("d") == -1
+    assert len(IdMap().view()) == 0 and IdMap().view().names() == []
