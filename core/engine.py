@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -22,14 +23,16 @@ from covisit.core import kernels_topk as kt
 from covisit.core.catalog import Catalog, CatalogItem, popularity_view
 from covisit.core.config import ModelConfig
 from covisit.core.errors import InvalidArgument, NotFound, Unavailable
-from covisit.core.eventlog import EventLog
+from covisit.core.eventlog import EventLog, MemoryEventLog
 from covisit.core.events import Event, InvalidEvent, check_events, check_id
-from covisit.core.model import CoVisitModel
+from covisit.core.experiments import Experiments
+from covisit.core.feedback_stats import VersionFeedback, auto_rollback_reason
+from covisit.core.learner import Learner, VersionInfo, line_of
 from covisit.core.scoring import Scored, recommend, similar_items
 from covisit.core.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
-KEPT_VERSIONS = 10  # snapshots kept in memory for rollback
+HISTORY_REPLAY_EVENTS = 200_000  # newest logged events read at start to rebuild user histories
 
 
 @dataclass(frozen=True)
@@ -38,18 +41,6 @@ class Recommendation:
     model_version: int
     request_id: str
     from_cache: bool
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    version: int
-    parent: int | None
-    state: str  # SERVING or AVAILABLE
-    created_at: float
-    watermark: int
-    items: int
-    links: int
-    metrics: dict
 
 
 class LruMap:
@@ -79,32 +70,36 @@ class LruMap:
 
 
 class Engine:
-    """`limits`, `cache`, `history` and `exploration` are the server's config sections (any
-    objects with the same attributes)."""
+    """`limits`, `cache`, `history`, `exploration` and `learning` are the server's config
+    sections (any objects with the same attributes). `data_dir` (None: nothing persists) holds
+    checkpoints; `log` is the durable event log (default: in memory)."""
 
-    def __init__(self, model_config: ModelConfig, *, limits, cache, history, exploration,
-                 catalog: Catalog | None = None, log: EventLog | None = None, clock=time.time):
+    def __init__(self, model_config: ModelConfig, *, limits, cache, history, exploration, learning,
+                 catalog: Catalog | None = None, log: EventLog | None = None,
+                 data_dir: str | os.PathLike | None = None, clock=time.time):
         self.model_config = model_config
         self.limits, self.cache_config, self.exploration = limits, cache, exploration
+        self.learning = learning
+        self._newest_logged = 0.0  # timestamp of the newest event logged
         self.catalog = catalog or Catalog()
-        self.event_log = log  # recorded events are durable here before they are acknowledged
+        self.event_log = log if log is not None else MemoryEventLog()
         self.clock = clock
         self.started = clock()
-        self._snapshot: Snapshot | None = None
-        self._versions: OrderedDict[int, Snapshot] = OrderedDict()
-        self._model = CoVisitModel(model_config, threads=1)  # serving shares the cores
-        self._events: list[Event] = []  # the history RebuildModel replays (issue 4: the log)
-        self._newest_event = 0.0
-        self._write = threading.Lock()
+        self.learner = Learner(model_config, self.learning, self.event_log, data_dir, clock)
+        self.feedback = VersionFeedback(window=self.learning.feedback_window)
+        self.experiments = Experiments(self.learner, clock)
+        self.alerts: dict[str, tuple[str, float]] = {}  # kind -> (reason, raised_at)
+        self._ctr_floor_line: int | None = None  # the line a CTR-floor rebuild was asked for
         self._history = LruMap(history.max_users)
         self._max_user_items = history.max_items_per_user
         self._cache = LruMap(cache.max_entries)
-        self._shown = LruMap(100_000)  # request id -> (version, items shown), for clicks
+        self._shown = LruMap(100_000)  # request id -> (line, items shown), for clicks
         self._random = random.Random(exploration.seed)
         self._random_lock = threading.Lock()
         self.counters = {"recommend_requests": 0, "cache_hits": 0, "events_accepted": 0,
-                         "events_rejected": 0, "impressions": 0, "clicks": 0}
+                         "events_rejected": 0, "impressions": 0, "clicks": 0, "auto_rollbacks": 0}
         self._counters_lock = threading.Lock()
+        self._rollback_lock = threading.Lock()
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._counters_lock:
@@ -113,56 +108,56 @@ class Engine:
     # ---- the model ---------------------------------------------------------------------
     @property
     def snapshot(self) -> Snapshot:
-        snap = self._snapshot
+        snap = self.learner.serving
         if snap is None:
             raise Unavailable("no model loaded yet")
         return snap
 
     @property
     def ready(self) -> bool:
-        return self._snapshot is not None
+        return self.learner.serving is not None
 
-    def _publish(self, snap: Snapshot) -> None:
-        old = self._snapshot
-        self._versions[snap.version] = snap
-        while len(self._versions) > KEPT_VERSIONS:
-            self._versions.popitem(last=False)
-        self._snapshot = snap  # the one assignment requests see
-        log.info("serving model v%d (was v%s): %d items, %d links", snap.version,
-                 old.version if old else "-", snap.n_items, snap.n_links)
+    def start(self, on_serving=lambda: None) -> None:
+        """Remember the users of the log's newest events, then start learning: the newest
+        checkpoint serves at once, the log after it is replayed in the background."""
+        self.learner.on_serving = on_serving
+        durable = self.event_log.durable_offset
+        first = max(getattr(self.event_log, "start_offset", 0), durable - HISTORY_REPLAY_EVENTS)
+        for _, ev in self.event_log.read(first):
+            self._remember(ev)
+            self._newest_logged = max(self._newest_logged, ev.timestamp)
+        self.learner.start()
 
-    def serve_saved(self, snapshot: Snapshot) -> None:
-        """Answer from a saved snapshot at once, before the event history is replayed."""
-        with self._write:
-            self._publish(snapshot)
+    def close(self) -> None:
+        self.learner.stop()
+        self.experiments.close()
 
-    def load(self, events: Sequence[Event]) -> None:
-        """Count an event history into the model that later events update; publish a snapshot
-        of it unless one saved from the same events already serves."""
-        with self._write:
-            self._model = CoVisitModel(self.model_config, threads=1)
-            self._model.update(list(events))
-            self._events = list(events)
-            self._newest_event = max((e.timestamp for e in events), default=0.0)
+    def load(self, events: Sequence[Event], timeout: float = 60.0) -> None:
+        """Log `events`, start learning if not started, and wait until they serve."""
+        if events:
+            self.event_log.append(list(events))
             for ev in events:
                 self._remember(ev)
-            if self._snapshot is None or self._snapshot.watermark != len(events):
-                self._publish(self._model.snapshot(version=max(self._versions, default=0) + 1))
+            self._newest_logged = max(self._newest_logged, max(e.timestamp for e in events))
+        if not self.learner.started:
+            self.start()
+        self.flush(timeout)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until the serving model reflects every event logged so far (False on timeout
+        or when pinned)."""
+        return self.learner.wait_learned(timeout=timeout)
 
     def record_events(self, events: Sequence[Event]) -> int:
-        """Validate the whole batch, then count it and publish the updated model."""
+        """Validate the whole batch, make it durable, and hand it to the learner."""
         self._check_batch(events)
-        with self._write:  # one writer at a time, so the model sees events in log order
-            if self.event_log is not None:
-                self.event_log.append(events)
-            parent = self._snapshot.version if self._snapshot else None
-            self._model.update(events)
-            self._events.extend(events)
-            self._newest_event = max(self._newest_event, max(e.timestamp for e in events))
-            version = max(self._versions, default=0) + 1
-            self._publish(self._model.snapshot(version=version, parent=parent))
+        if not self.learner.started:  # the log is still being seeded
+            raise Unavailable("the server is starting; retry shortly")
+        self.event_log.append(events)  # durable (per the log's policy) before we acknowledge
         for ev in events:
             self._remember(ev)
+        self._newest_logged = max(self._newest_logged, max(e.timestamp for e in events))
+        self.learner.notify()
         self._count("events_accepted", len(events))
         return len(events)
 
@@ -188,33 +183,37 @@ class Engine:
         if not recent or recent[-1] != ev.item_id:
             self._history.put(ev.user_id, (*recent, ev.item_id)[-self._max_user_items:])
 
-    def rebuild(self) -> Snapshot:
-        """A new version from the whole event history, serving at once."""
-        with self._write:
-            model = CoVisitModel(self.model_config, threads=1)
-            if self._events:
-                model.update(self._events)
-            self._model = model
-            parent = self._snapshot.version if self._snapshot else None
-            self._publish(model.snapshot(version=max(self._versions, default=0) + 1, parent=parent))
-            return self._snapshot
+    def rebuild(self) -> VersionInfo:
+        """A full build from the exact counts; CANDIDATE until the gate scores it."""
+        return self.version(self.learner.rebuild())
 
     def rollback(self, version: int) -> tuple[int, int]:
-        """Serve a kept version again (until the next model update). Returns (new, old)."""
-        with self._write:
-            snap = self._versions.get(version)
-            if snap is None:
-                raise NotFound(f"model version {version} is not kept (kept: {sorted(self._versions)})")
-            old = self.snapshot.version
-            self._snapshot = snap
-            log.warning("rolled back from model v%d to v%d", old, version)
-            return version, old
+        """Serve a kept version again, pinned until resume_learning. Returns (new, old)."""
+        self.experiments.forget(version)
+        return self.learner.rollback(version)
+
+    def resume_learning(self) -> tuple[int, int]:
+        """(serving version, events learned that waited during the pin)."""
+        return self.learner.resume()
+
+    def promote(self, version: int) -> tuple[int, int]:
+        self.experiments.forget(version)
+        return self.learner.promote(version)
+
+    def start_shadow(self, version: int, sample_rate: float) -> None:
+        self.experiments.start_shadow(version, sample_rate)
+
+    def stop_shadow(self) -> None:
+        self.experiments.stop_shadow()
+
+    def start_ab(self, version: int, fraction: float) -> None:
+        self.experiments.start_ab(version, fraction)
+
+    def stop_ab(self) -> None:
+        self.experiments.stop_ab()
 
     def versions(self) -> list[VersionInfo]:
-        serving = self._snapshot.version if self._snapshot else None
-        return [VersionInfo(s.version, s.parent, "SERVING" if s.version == serving else "AVAILABLE",
-                            s.created_at, s.watermark, s.n_items, s.n_links, dict(s.meta))
-                for s in reversed(self._versions.values())]
+        return self.learner.versions(self.experiments.running())
 
     def version(self, version: int) -> VersionInfo:
         for info in self.versions():
@@ -227,7 +226,8 @@ class Engine:
                   exclude_items: Sequence[str] = (), exclude_seen: bool = False,
                   allowed_items: Sequence[str] | None = None, categories: Sequence[str] = ()) -> Recommendation:
         self._check_request(user_id, context_items, k, exclude_items, allowed_items, categories)
-        snap = self.snapshot  # read once: this request uses only this model
+        serving = self.snapshot  # read once: this request uses only this model ...
+        snap = self.experiments.arm(user_id) or serving  # ... or the A/B arm's
         self._count("recommend_requests", 1)
         seen = self._history.get(user_id, ()) if user_id else ()
         context = list(context_items) if context_items else list(seen)
@@ -246,7 +246,13 @@ class Engine:
                 self._cache.put(key, (self.clock(), items))
         items = self._explore(snap, items, context, exclude_items, allowed_items, categories)
         request_id = uuid.uuid4().hex
-        self._shown.put(request_id, (snap.version, frozenset(i.item_id for i in items)))
+        self._shown.put(request_id, (line_of(snap), frozenset(i.item_id for i in items)))
+        if snap is serving:
+            self.experiments.maybe_shadow(
+                [i.item_id for i in items],
+                lambda shadow: [i.item_id for i in self._score(shadow, context, k, exclude_items,
+                                                               seen if exclude_seen else (), allowed_items,
+                                                               categories)])
         return Recommendation(items, snap.version, request_id, from_cache)
 
     def _check_request(self, user_id, context_items, k, exclude_items, allowed_items, categories) -> None:
@@ -324,36 +330,102 @@ class Engine:
 
     # ---- feedback ----------------------------------------------------------------------
     def record_impressions(self, request_id: str, user_id: str, item_ids: Sequence[str]) -> int:
-        self._shown_items(request_id)
+        line = self._shown_line(request_id)
         if user_id:
             check_id("user_id", user_id)
         for i, item_id in enumerate(item_ids):
             check_id(f"item_ids[{i}]", item_id)
+        self.feedback.impression(request_id, line, len(item_ids))
         self._count("impressions", len(item_ids))
+        self._watch_ctr()
         return len(item_ids)
 
     def record_click(self, request_id: str, user_id: str, item_id: str) -> None:
-        self._shown_items(request_id)
+        line = self._shown_line(request_id)
         if user_id:
             check_id("user_id", user_id)
         check_id("item_id", item_id)
+        self.feedback.click(request_id, line)
         self._count("clicks", 1)
+        self._watch_ctr()
 
-    def _shown_items(self, request_id: str) -> frozenset:
+    def _shown_line(self, request_id: str) -> int:
         check_id("request_id", request_id)
         shown = self._shown.get(request_id)
         if shown is None:
             raise NotFound(f"request_id {request_id!r} is unknown (or too old)")
-        return shown[1]
+        return shown[0]
+
+    def _watch_ctr(self) -> None:
+        """Auto-rollback when the serving line's window CTR falls well below the previous
+        line's; a full rebuild when it falls below the floor."""
+        cfg, learner = self.learning, self.learner
+        serving = learner.serving
+        if serving is None or learner.pinned is not None:
+            return
+        line, previous = line_of(serving), learner.previous_line
+        current = self.feedback.stats(line).window
+        if cfg.auto_rollback and previous is not None:
+            reason = auto_rollback_reason(current, self.feedback.stats(previous).window,
+                                          cfg.feedback_window, cfg.auto_rollback_drop)
+            if reason is not None:
+                with self._rollback_lock:
+                    if learner.pinned is None and line_of(learner.serving) == line:
+                        self._auto_rollback(previous, reason)
+                return
+        if (current.impressions >= cfg.feedback_window and current.ctr < cfg.ctr_floor
+                and self._ctr_floor_line != line):
+            self._ctr_floor_line = line
+            learner.request_rebuild(f"window CTR {current.ctr:.4f} of line {line} is below the "
+                                    f"floor {cfg.ctr_floor:g}")
+
+    def _auto_rollback(self, version: int, reason: str) -> None:
+        try:
+            self.learner.rollback(version, reason=f"auto-rollback: {reason}")
+        except NotFound:
+            log.error("auto-rollback to v%d impossible (no longer kept): %s", version, reason)
+            self.alerts["auto_rollback"] = (f"wanted to roll back to v{version}, which is no longer "
+                                            f"kept: {reason}", self.clock())
+            return
+        self.alerts["auto_rollback"] = (f"rolled back to v{version} and pinned it: {reason}", self.clock())
+        self._count("auto_rollbacks", 1)
+        log.error("auto-rollback to v%d: %s", version, reason)
 
     # ---- reports -----------------------------------------------------------------------
     def status(self) -> dict:
         snap = self.snapshot
+        learner = self.learner
         now = self.clock()
+        if learner.pinned is None:
+            self.alerts.pop("auto_rollback", None)  # resumed: the operator has acted
         return {"model_version": snap.version, "items": snap.n_items, "links": snap.n_links,
                 "events": snap.watermark, "uptime_seconds": now - self.started,
-                "freshness_seconds": max(0.0, now - self._newest_event) if self._newest_event else 0.0,
-                "users": len(self._history), "catalog_items": len(self.catalog)}
+                "freshness_seconds": max(0.0, now - learner.newest_event) if learner.newest_event else 0.0,
+                "users": len(self._history), "catalog_items": len(self.catalog),
+                "pinned_version": learner.pinned, "learning": learner.state,
+                "events_pending": learner.pending(), "log_events": self.event_log.durable_offset,
+                "alerts": [(kind, reason, at) for kind, (reason, at) in self.alerts.items()]
+                + ([("learner", f"learning stopped: {learner.error}; the last model keeps serving", now)]
+                   if learner.state == "failed" else []),
+                "ab_test": self.experiments.describe("ab"), "shadow": self.experiments.describe("shadow"),
+                "feedback": self.version_feedback()}
+
+    def version_feedback(self) -> list[dict]:
+        out = []
+        for line in reversed(self.feedback.versions()):
+            st = self.feedback.stats(line)
+            out.append({"version": line, "impressions": st.impressions, "clicks": st.clicks, "ctr": st.ctr,
+                        "window_impressions": st.window.impressions, "window_clicks": st.window.clicks,
+                        "window_ctr": st.window.ctr})
+        return out
+
+    def metrics(self) -> dict:
+        learner = self.learner
+        serving = learner.serving
+        lag = max(0.0, self._newest_logged - serving.meta.get("newest_event", 0.0)) if serving else 0.0
+        return {"feedback": self.version_feedback(), "publishes": learner.publishes,
+                "auto_rollbacks": self.counters["auto_rollbacks"], "shadow": self.experiments.shadow_stats(),
+                "freshness_lag_seconds": lag}
 
     def upsert_items(self, items: Sequence[tuple[str, Sequence[str], bool, Sequence[str]]]) -> int:
         """(item_id, categories, available, tags) tuples, all checked before any is written."""

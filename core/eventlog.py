@@ -92,6 +92,38 @@ class EventLog(Protocol):
         ...
 
 
+class MemoryEventLog:
+    """An `EventLog` in a list: nothing survives the process (an engine without a data dir)."""
+
+    def __init__(self):
+        self._events: list[Event] = []
+        self._lock = threading.Lock()
+
+    def append(self, events: Sequence[Event]) -> int:
+        with self._lock:
+            self._events.extend(events)
+            return len(self._events)
+
+    def read(self, from_offset: int, max_events: int | None = None) -> list[tuple[int, Event]]:
+        if from_offset < 0:
+            raise ValueError(f"from_offset must be >= 0, got {from_offset}")
+        with self._lock:
+            stop = len(self._events) if max_events is None else from_offset + max_events
+            return list(enumerate(self._events[from_offset:stop], start=from_offset))
+
+    @property
+    def durable_offset(self) -> int:
+        return len(self._events)
+
+    start_offset = 0
+
+    def delete_before(self, offset: int) -> int:
+        return 0  # memory is not the bound here; keeping everything keeps replays possible
+
+    def close(self) -> None:
+        pass
+
+
 def encode_event(event: Event) -> bytes:
     """One record (header + payload) for `event`."""
     try:

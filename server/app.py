@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import logging
+import os
 import signal
 import threading
 from concurrent import futures
@@ -18,7 +20,6 @@ from covisit.core.catalog import Catalog, catalog_from_diginetica, catalog_from_
 from covisit.core.datasets import read_events_file, read_preset
 from covisit.core.engine import Engine
 from covisit.core.eventlog import LocalEventLog
-from covisit.core.snapshot import Snapshot, SnapshotError
 from covisit.server.config import Config, ConfigError
 from covisit.server.interceptor import Latencies, ServiceInterceptor
 from covisit.server.service import AdminServicer, FeedbackServicer, RecommendServicer
@@ -26,6 +27,7 @@ from covisit.v1 import admin_pb2, admin_pb2_grpc, feedback_pb2, feedback_pb2_grp
 from covisit.v1 import recommend_pb2, recommend_pb2_grpc
 
 log = logging.getLogger(__name__)
+SEED_BATCH = 10_000  # events per append while seeding the log (one fsync each)
 CATALOG_PRESETS = {"online-retail": catalog_from_online_retail, "diginetica": catalog_from_diginetica}
 SERVICES = [
     recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name,
@@ -51,38 +53,41 @@ def _fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(config: Config, engine: Engine, on_serving=lambda: None) -> None:
-    """The startup model. A snapshot saved by an earlier start from the same data file and
-    settings serves at once (on_serving is called then); the events are still read and counted
-    afterwards, since later events update those counts. Otherwise the model is built from the
-    events, serves, and is saved for the next start."""
+def seed_log(config: Config, event_log) -> None:
+    """Copy the configured data file into an empty event log, once: from then on the log is
+    the whole history (what restarts replay and checkpoints cover). A data dir seeded from
+    other data is refused rather than silently mixed."""
     s = config.server
-    source = {"preset": s.preset, "sha256": _fingerprint(Path(s.data))}
-    saved_dir = Path(s.data_dir) / "snapshot"
-    try:
-        saved = Snapshot.load(saved_dir)
-        if saved.meta.get("source") == source and saved.config == engine.model_config:
-            engine.serve_saved(saved)
-            on_serving()
-        else:
-            log.info("saved snapshot in %s is for other data or settings; rebuilding", saved_dir)
-            saved = None
-    except SnapshotError as exc:
-        saved = None
-        log.info("no usable saved snapshot (%s); building", exc)
+    if not s.data:
+        return
+    marker = Path(s.data_dir) / "seed.json"
+    source = {"preset": s.preset, "data": str(s.data), "sha256": _fingerprint(Path(s.data))}
+    if marker.exists():
+        seeded = json.loads(marker.read_text())
+        if seeded.get("sha256") != source["sha256"] or seeded.get("preset") != source["preset"]:
+            raise ConfigError(f"server.data: {s.data_dir} was seeded from {seeded.get('data')!r} "
+                              f"(preset {seeded.get('preset')!r}); use another server.data_dir or delete it")
+        return
     report = read_preset(s.preset, s.data) if s.preset else read_events_file(s.data)
     events = sorted(report.events, key=lambda e: e.timestamp)
-    if engine.event_log is not None:  # then every event recorded since, in log order
-        events += [event for _, event in engine.event_log.read(0)]
-    engine.load(events)
+    done = event_log.durable_offset  # a seeding cut short by a crash goes on where it stopped
+    for start in range(done, len(events), SEED_BATCH):
+        event_log.append(events[start:start + SEED_BATCH])
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**source, "events": len(events)}))
+    os.replace(tmp, marker)
+    log.info("seeded the event log with %d events from %s", len(events), s.data)
+
+
+def load_model(config: Config, engine: Engine, on_serving=lambda: None) -> None:
+    """Seed the log on the first start, then start learning: the newest checkpoint serves at
+    once (on_serving is called then), the log after it is replayed in the background."""
+    seed_log(config, engine.event_log)
+    s = config.server
     preset_catalog = CATALOG_PRESETS.get(s.preset)
     if preset_catalog and not s.catalog:  # metadata for the CONTENT fallback of cold items
         engine.catalog.upsert(preset_catalog(s.data))
-    if saved is None:
-        engine.snapshot.meta["source"] = source
-        engine.snapshot.save(saved_dir)
-        log.info("saved the model to %s", saved_dir)
-        on_serving()
+    engine.start(on_serving)
 
 
 def _credentials(s) -> grpc.ServerCredentials | None:
@@ -102,8 +107,8 @@ class CovisitServer:
 
     def stop(self, grace: float | None) -> threading.Event:
         self._server.stop(grace).wait()
-        if self.engine.event_log is not None:
-            self.engine.event_log.close()
+        self.engine.close()
+        self.engine.event_log.close()
         done = threading.Event()
         done.set()
         return done
@@ -124,9 +129,12 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
         catalog = Catalog()
         if s.catalog:
             catalog.upsert(read_catalog_csv(s.catalog))
+        learning = config.learning
+        event_log = LocalEventLog(Path(s.data_dir) / "events", fsync=learning.fsync,
+                                  interval_ms=learning.fsync_interval_ms)
         engine = Engine(config.model, limits=config.limits, cache=config.cache, history=config.history,
-                        exploration=config.exploration, catalog=catalog,
-                        log=LocalEventLog(Path(s.data_dir) / "events"))
+                        exploration=config.exploration, learning=learning, catalog=catalog,
+                        log=event_log, data_dir=s.data_dir)
     latencies = Latencies()
     options = [("grpc.max_receive_message_length", s.max_message_bytes),
                ("grpc.max_send_message_length", s.max_message_bytes),
@@ -149,8 +157,7 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
     except RuntimeError:  # grpcio's word for a port it cannot bind
         port = 0
     if port == 0:
-        if engine.event_log is not None:
-            engine.event_log.close()  # free the log's lock for the next attempt
+        engine.event_log.close()  # free the log's lock for the next attempt
         raise OSError(f"cannot bind {address}")
 
     def set_health(status) -> None:

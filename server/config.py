@@ -1,7 +1,7 @@
 """Server settings: one typed tree with defaults in code, read once at start-up.
 
 Layers, later ones winning: the defaults below, a TOML file (sections ``[server]``, ``[limits]``,
-``[cache]``, ``[history]``, ``[exploration]``, ``[model]`` and ``[model.event_weights]``),
+``[cache]``, ``[history]``, ``[exploration]``, ``[learning]``, ``[model]`` and ``[model.event_weights]``),
 environment variables ``COVISIT_<SECTION>_<FIELD>`` (``COVISIT_SERVER_PORT=6000``, plus
 ``COVISIT_ADMIN_TOKEN`` for ``server.admin_token``), and dotted overrides from command-line
 flags (``{"server.port": 0}``). A ``[model.event_weights]`` table replaces the default weights
@@ -177,6 +177,54 @@ class ExplorationConfig(_Section):
         ]
 
 
+FSYNC_POLICIES = ("always", "interval")
+
+
+@dataclass(frozen=True)
+class LearningConfig(_Section):
+    # Publish a new serving snapshot once this many logged events wait to be learned ...
+    min_events: int = 50
+    # ... or once the oldest of them has waited this long.
+    max_delay_seconds: float = 1.0
+    # Re-prune the whole model from its exact counts and checkpoint it this often.
+    full_rebuild_seconds: float = 3600.0
+    # A full rebuild also starts when the serving line's CTR over its window falls below this.
+    ctr_floor: float = 0.05
+    # Checkpoints kept on disk (the log before the oldest one is deleted).
+    checkpoints_kept: int = 10
+    # "always": RecordEvents returns after an fsync covering its events (concurrent calls share
+    # one). "interval": fsync every fsync_interval_ms; a power loss can lose that much.
+    fsync: str = "always"
+    fsync_interval_ms: float = 50.0
+    # The quality gate: a candidate must score next-item HR@gate_k on gate_events held-out
+    # predictions no more than gate_tolerance (relative) below the serving version.
+    gate_enabled: bool = True
+    gate_events: int = 1000
+    gate_k: int = 20
+    gate_tolerance: float = 0.1
+    # Impressions per model line in the CTR window that auto-rollback compares.
+    feedback_window: int = 1000
+    # Roll back when the serving line's window CTR is this much (relative) below the previous one's.
+    auto_rollback: bool = True
+    auto_rollback_drop: float = 0.2
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        def share(x: object) -> bool:
+            return _num(x) and 0 <= x <= 1
+        return [
+            *((name, _int(getattr(self, name), 1), "an integer >= 1") for name in
+              ("min_events", "checkpoints_kept", "gate_events", "gate_k", "feedback_window")),
+            *((name, _num(getattr(self, name)) and getattr(self, name) > 0, "seconds > 0") for name in
+              ("max_delay_seconds", "full_rebuild_seconds")),
+            ("fsync_interval_ms", _num(self.fsync_interval_ms) and self.fsync_interval_ms > 0, "milliseconds > 0"),
+            ("fsync", self.fsync in FSYNC_POLICIES, f"one of {list(FSYNC_POLICIES)}"),
+            *((name, share(getattr(self, name)), "a number in [0, 1]") for name in
+              ("ctr_floor", "gate_tolerance", "auto_rollback_drop")),
+            *((name, isinstance(getattr(self, name), bool), "true or false") for name in
+              ("gate_enabled", "auto_rollback")),
+        ]
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -184,6 +232,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:

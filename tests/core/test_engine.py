@@ -8,7 +8,7 @@ from covisit.core.config import ModelConfig
 from covisit.core.engine import Engine
 from covisit.core.errors import InvalidArgument, NotFound, Unavailable
 from covisit.core.events import Event
-from covisit.server.config import CacheConfig, ExplorationConfig, HistoryConfig, LimitsConfig
+from covisit.server.config import CacheConfig, ExplorationConfig, HistoryConfig, LearningConfig, LimitsConfig
 
 T0 = 1_700_000_000.0
 
@@ -24,7 +24,8 @@ class Clock:
 def make_engine(clock, *, ttl=300.0, max_users=1000, items_per_user=50, rate=0.0, seed=None):
     engine = Engine(ModelConfig(), limits=LimitsConfig(), cache=CacheConfig(ttl_seconds=ttl),
                     history=HistoryConfig(max_users=max_users, max_items_per_user=items_per_user),
-                    exploration=ExplorationConfig(rate=rate, seed=seed, pool="all"), clock=clock)
+                    exploration=ExplorationConfig(rate=rate, seed=seed, pool="all"), learning=LearningConfig(),
+                    clock=clock)
     events = [Event(f"u{s}", item, "view", T0 - 100 + i, f"s{s}")
               for s in range(20) for i, item in enumerate("abcd")]
     events += [Event("tail", item, "view", T0 - 50 + i, "t") for i, item in enumerate("efghijkl")]
@@ -34,7 +35,7 @@ def make_engine(clock, *, ttl=300.0, max_users=1000, items_per_user=50, rate=0.0
 
 def test_no_model_means_unavailable():
     engine = Engine(ModelConfig(), limits=LimitsConfig(), cache=CacheConfig(), history=HistoryConfig(),
-                    exploration=ExplorationConfig())
+                    exploration=ExplorationConfig(), learning=LearningConfig())
     assert not engine.ready
     with pytest.raises(Unavailable):
         engine.recommend(context_items=["a"])
@@ -48,7 +49,8 @@ def test_cache_answers_repeats_until_the_ttl_or_a_new_model():
     assert engine.recommend(context_items=["a"]).from_cache
     clock.now += 2  # past the TTL
     assert not engine.recommend(context_items=["a"]).from_cache
-    engine.record_events([Event("v", "a", "view", clock.now)])  # a new model version
+    engine.record_events([Event("v", "a", "view", clock.now)])
+    assert engine.flush()  # a new model version
     assert not engine.recommend(context_items=["a"]).from_cache
     assert engine.counters["cache_hits"] == 1
 

@@ -79,3 +79,13 @@ def wait_serving(target: str, credentials: grpc.ChannelCredentials | None = None
                 return
             assert time.monotonic() < deadline, f"the model never loaded (health {status})"
             time.sleep(0.05)
+
+
+def eventually(probe, timeout: float = 10.0, interval: float = 0.02):
+    """Poll `probe()` until it returns something truthy (returned), or fail after `timeout`:
+    the server learns events in the background, within about a second."""
+    deadline = time.monotonic() + timeout
+    while not (result := probe()):
+        assert time.monotonic() < deadline, f"{probe} stayed falsy for {timeout}s"
+        time.sleep(interval)
+    return result

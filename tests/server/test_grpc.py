@@ -8,7 +8,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from covisit.client import CovisitClient, Event, Item
 from covisit.server.app import create_server
 from covisit.server.config import ConfigError, load_config
-from tests.server.serving import NOW, TOKEN, start
+from tests.server.serving import NOW, TOKEN, eventually, start
 
 @pytest.fixture
 def served(tmp_path):
@@ -56,9 +56,8 @@ def test_events_update_the_model_and_the_users_history(served):
     assert client.recommend_items(["y"], k=1).items[0].source == "POPULARITY"  # y is new
     events = [Event(f"w{n}", item, "click", NOW - 10 + n, f"w{n}") for n in range(3) for item in "yz"]
     assert client.record_events(events) == 6
-    status = client.get_status()
+    status = eventually(lambda: (st := client.get_status()).events == before.events + 6 and st)
     assert int(status.model_version) > int(before.model_version)
-    assert status.events == before.events + 6
     learned = client.recommend_items(["y"], k=1).items[0]
     assert (learned.item_id, learned.source) == ("z", "COOCCURRENCE")
     # a user's recorded history is the context when none is given
@@ -97,7 +96,7 @@ def test_bad_requests_get_invalid_argument_naming_the_field_and_change_nothing(s
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (field, code, details)
         assert details.startswith(field + ":"), (field, details)
     after = client.get_status()
-    assert after.events == status.events + 1  # only the stream's first, good batch counted
+    assert after.log_events == status.log_events + 1  # only the stream's first, good batch logged
     assert client.get_metrics().events_rejected >= 5
 
 
@@ -133,21 +132,25 @@ def test_admin_needs_the_token(served):
         wrong.close()
 
 
-def test_versions_rollback_and_rebuild(served):
+def test_versions_rollback_resume_and_rebuild(served):
     client, _, _ = served
     client.record_events([Event("v", "a", "view", NOW), Event("v", "x", "view", NOW + 1)])
+    eventually(lambda: client.get_status().model_version == "2")  # below min_events: after max_delay
     versions = client.list_model_versions()
-    assert [v.version for v in versions] == ["2", "1"]
-    assert [v.state for v in versions] == ["SERVING", "AVAILABLE"]
+    assert [(v.version, v.state) for v in versions] == [("2", "SERVING"), ("1", "AVAILABLE")]
     assert client.get_model_version("1").parent_version == ""
     assert client.get_model_version("2").parent_version == "1"
     rollback = client.rollback_model("1")
     assert (rollback.serving_version, rollback.previous_version) == ("1", "2")
     assert client.recommend_items(["a"]).model_version == "1"
+    assert client.get_status().pinned_version == "1"
     assert code_of(lambda: client.rollback_model("99"))[0] == grpc.StatusCode.NOT_FOUND
     assert code_of(lambda: client.get_model_version("99"))[0] == grpc.StatusCode.NOT_FOUND
+    assert code_of(client.rebuild_model)[0] == grpc.StatusCode.FAILED_PRECONDITION  # pinned
+    resumed = client.resume_learning()
+    assert int(resumed.serving_version) > 2
     rebuilt = client.rebuild_model()
-    assert rebuilt.model_version == "3"
+    assert int(rebuilt.model_version) > int(resumed.serving_version) and rebuilt.state == "CANDIDATE"
     assert client.get_status().events == 60 * 4 + 20 + 100 + 2  # every event, the two new ones too
 
 
@@ -178,12 +181,20 @@ def test_exploration_slot_is_marked_and_seeded(tmp_path):
         server.stop(0)
 
 
-def test_a_second_start_reuses_the_saved_snapshot(tmp_path):
+def test_a_second_start_serves_the_checkpoint(tmp_path):
     start(tmp_path)[0].stop(0)
-    saved = tmp_path / "data" / "snapshot" / "metadata.json"
-    first = saved.stat().st_mtime_ns
-    start(tmp_path)[0].stop(0)
-    assert saved.stat().st_mtime_ns == first  # loaded, not rebuilt and saved again
+    checkpoints = tmp_path / "data" / "checkpoints"
+    saved = [p / "checkpoint.json" for p in checkpoints.iterdir()]
+    assert len(saved) == 1
+    first = saved[0].stat().st_mtime_ns
+    server, port = start(tmp_path)
+    try:
+        with CovisitClient(f"127.0.0.1:{port}", admin_token=TOKEN) as client:
+            assert client.get_status().model_version == "1"  # loaded, not rebuilt
+    finally:
+        server.stop(0)
+    assert [p / "checkpoint.json" for p in checkpoints.iterdir()] == saved
+    assert saved[0].stat().st_mtime_ns == first
 
 
 def test_not_serving_until_a_model_is_loaded(tmp_path):
