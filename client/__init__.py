@@ -10,8 +10,10 @@ Failed calls raise ``grpc.RpcError`` unchanged (see ``covisit.client.client``).
 """
 
 from covisit.client.client import CovisitClient
-from covisit.client.types import (Event, Item, Metrics, ModelVersion, Rebuild, Recommendations, RecommendedItem,
-                                  Rollback, SimilarItems, Status)
+from covisit.client.types import (Alert, Event, Experiment, Item, Metrics, ModelVersion, Promotion, Rebuild,
+                                  Recommendations, RecommendedItem, Resume, Rollback, ShadowStats, SimilarItems,
+                                  Status, VersionFeedback)
 
-__all__ = ["CovisitClient", "Event", "Item", "Metrics", "ModelVersion", "Rebuild", "Recommendations",
-           "RecommendedItem", "Rollback", "SimilarItems", "Status"]
+__all__ = ["Alert", "CovisitClient", "Event", "Experiment", "Item", "Metrics", "ModelVersion", "Promotion",
+           "Rebuild", "Recommendations", "RecommendedItem", "Resume", "Rollback", "ShadowStats", "SimilarItems",
+           "Status", "VersionFeedback"]

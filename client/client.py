@@ -18,8 +18,8 @@ from typing import Any
 
 import grpc
 
-from covisit.client.types import (Event, Item, Metrics, ModelVersion, Rebuild, Recommendations, Rollback,
-                                  SimilarItems, Status)
+from covisit.client.types import (Event, Item, Metrics, ModelVersion, Promotion, Rebuild, Recommendations, Resume,
+                                  Rollback, SimilarItems, Status)
 from covisit.v1 import (admin_pb2, admin_pb2_grpc, feedback_pb2, feedback_pb2_grpc, recommend_pb2,
                         recommend_pb2_grpc)
 
@@ -193,14 +193,46 @@ class CovisitClient:
         return ModelVersion.from_proto(response.version)
 
     def rollback_model(self, version: str, *, timeout: float | None = None) -> Rollback:
-        """Serve ``version`` again."""
+        """Serve the kept ``version`` again and pin it: new events are logged, not learned, until
+        ``resume_learning()``."""
         request = admin_pb2.RollbackModelRequest(version=version)
         return Rollback.from_proto(self._call(self._admin.RollbackModel, request, timeout, admin=True))
 
+    def resume_learning(self, *, timeout: float = 60.0) -> Resume:
+        """Unpin: learn the events logged since the pin and serve the result (60 s deadline)."""
+        request = admin_pb2.ResumeLearningRequest()
+        return Resume.from_proto(self._call(self._admin.ResumeLearning, request, timeout, admin=True))
+
     def rebuild_model(self, *, timeout: float = 60.0) -> Rebuild:
-        """Build a new version from the whole event history and serve it (slow: 60 s deadline)."""
+        """Re-prune the whole model into a new version, which serves once the quality gate passes
+        it (``Rebuild.state`` says where it stands; slow: 60 s deadline)."""
         request = admin_pb2.RebuildModelRequest()
         return Rebuild.from_proto(self._call(self._admin.RebuildModel, request, timeout, admin=True))
+
+    def promote_model(self, version: str, *, timeout: float | None = None) -> Promotion:
+        """Serve the kept ``version`` (a candidate, an A/B arm) to everyone, skipping the gate."""
+        request = admin_pb2.PromoteModelRequest(version=version)
+        return Promotion.from_proto(self._call(self._admin.PromoteModel, request, timeout, admin=True))
+
+    def start_shadow(self, version: str, sample_rate: float = 0.1, *, timeout: float | None = None) -> None:
+        """Score the kept ``version`` beside the serving one on ``sample_rate`` of requests, in
+        (0, 1], off the response path; its figures are in ``get_metrics().shadow``."""
+        request = admin_pb2.StartShadowRequest(version=version, sample_rate=sample_rate)
+        self._call(self._admin.StartShadow, request, timeout, admin=True)
+
+    def stop_shadow(self, *, timeout: float | None = None) -> None:
+        """Stop the shadow version."""
+        self._call(self._admin.StopShadow, admin_pb2.StopShadowRequest(), timeout, admin=True)
+
+    def start_ab_test(self, version: str, fraction: float = 0.1, *, timeout: float | None = None) -> None:
+        """Serve the kept ``version`` to a stable ``fraction`` of users, in (0, 1), chosen by a
+        hash of user_id; the rest get the serving version."""
+        request = admin_pb2.StartABTestRequest(version=version, fraction=fraction)
+        self._call(self._admin.StartABTest, request, timeout, admin=True)
+
+    def stop_ab_test(self, *, timeout: float | None = None) -> None:
+        """End the A/B test: every user gets the serving version again."""
+        self._call(self._admin.StopABTest, admin_pb2.StopABTestRequest(), timeout, admin=True)
 
     def get_metrics(self, *, timeout: float | None = None) -> Metrics:
         """The numbers the server's monitor keeps."""

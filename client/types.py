@@ -107,8 +107,82 @@ class Item:
 
 
 @dataclass(frozen=True)
+class Alert:
+    """An alert the server raised and has not cleared, e.g. kind "auto_rollback"."""
+
+    kind: str
+    reason: str
+    raised_at: float
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb2.Alert) -> Alert:
+        return _from_fields(cls, msg)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A running A/B test or shadow: the version under test and its share of users (A/B) or of
+    requests (shadow)."""
+
+    version: str
+    fraction: float
+    started_at: float
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb2.Experiment) -> Experiment:
+        return _from_fields(cls, msg)
+
+
+def _experiment(msg, name: str) -> Experiment | None:
+    """The Experiment in field ``name`` of ``msg``, or None when none runs (unset or no version)."""
+    running = getattr(msg, name)
+    return Experiment.from_proto(running) if msg.HasField(name) and running.version else None
+
+
+@dataclass(frozen=True)
+class VersionFeedback:
+    """Impressions, clicks and CTR of one model line (a full build and the incremental versions
+    published on top of it, named by the full build's version); ``window_*`` cover the most recent
+    impressions only."""
+
+    version: str
+    impressions: int
+    clicks: int
+    ctr: float
+    window_impressions: int
+    window_clicks: int
+    window_ctr: float
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb2.VersionFeedback) -> VersionFeedback:
+        return _from_fields(cls, msg)
+
+
+def _feedback(msgs) -> tuple[VersionFeedback, ...]:
+    return tuple(VersionFeedback.from_proto(m) for m in msgs)
+
+
+@dataclass(frozen=True)
+class ShadowStats:
+    """How the shadow version compares with the serving one; latencies in milliseconds."""
+
+    version: str
+    requests: int
+    dropped: int
+    mean_overlap: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb2.ShadowStats) -> ShadowStats:
+        return _from_fields(cls, msg)
+
+
+@dataclass(frozen=True)
 class Status:
-    """The serving model and the server's state (GetStatus)."""
+    """The serving model and the server's state (GetStatus). ``pinned_version`` is "" unless a
+    rollback pinned one; ``learning`` is "learning", "pinned" or "replaying"; ``ab_test`` and
+    ``shadow`` are None when none runs."""
 
     model_version: str
     items: int
@@ -119,10 +193,21 @@ class Status:
     config: dict[str, str]
     users: int
     catalog_items: int
+    pinned_version: str
+    learning: str
+    events_pending: int
+    log_events: int
+    alerts: tuple[Alert, ...]
+    ab_test: Experiment | None
+    shadow: Experiment | None
+    feedback: tuple[VersionFeedback, ...]
 
     @classmethod
     def from_proto(cls, msg: admin_pb2.GetStatusResponse) -> Status:
-        return _from_fields(cls, msg, config=dict(msg.config))
+        return _from_fields(cls, msg, config=dict(msg.config),
+                            alerts=tuple(Alert.from_proto(a) for a in msg.alerts),
+                            ab_test=_experiment(msg, "ab_test"), shadow=_experiment(msg, "shadow"),
+                            feedback=_feedback(msg.feedback))
 
 
 @dataclass(frozen=True)
@@ -147,7 +232,8 @@ class ModelVersion:
 
 @dataclass(frozen=True)
 class Metrics:
-    """The numbers the server's monitor keeps (GetMetrics); latencies in milliseconds."""
+    """The numbers the server's monitor keeps (GetMetrics); latencies in milliseconds; ``shadow``
+    is None when no shadow runs."""
 
     recommend_requests: int
     cache_hits: int
@@ -159,15 +245,21 @@ class Metrics:
     latency_p50_ms: float
     latency_p95_ms: float
     latency_p99_ms: float
+    feedback: tuple[VersionFeedback, ...]
+    publishes: int
+    auto_rollbacks: int
+    shadow: ShadowStats | None
+    freshness_lag_seconds: float
 
     @classmethod
     def from_proto(cls, msg: admin_pb2.GetMetricsResponse) -> Metrics:
-        return _from_fields(cls, msg)
+        shadow = ShadowStats.from_proto(msg.shadow) if msg.HasField("shadow") else None
+        return _from_fields(cls, msg, feedback=_feedback(msg.feedback), shadow=shadow)
 
 
 @dataclass(frozen=True)
 class Rollback:
-    """The outcome of RollbackModel."""
+    """The outcome of RollbackModel: ``serving_version`` now serves, pinned."""
 
     serving_version: str
     previous_version: str
@@ -178,12 +270,40 @@ class Rollback:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """The outcome of ResumeLearning: the version serving once the events logged during the pin
+    were learned, and how many there were."""
+
+    serving_version: str
+    events_applied: int
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb2.ResumeLearningResponse) -> Resume:
+        return _from_fields(cls, msg)
+
+
+@dataclass(frozen=True)
 class Rebuild:
-    """The outcome of RebuildModel: the new serving version and how long its build took."""
+    """The outcome of RebuildModel: the new version, how long its build took, and its ``state``
+    (a ``ModelVersion.State`` name) when the call returned: "CANDIDATE" until the quality gate
+    has scored it, "SERVING" if nothing served before."""
 
     model_version: str
     build_seconds: float
+    state: str
 
     @classmethod
     def from_proto(cls, msg: admin_pb2.RebuildModelResponse) -> Rebuild:
+        return _from_fields(cls, msg, state=_enum_name(admin_pb2.ModelVersion.State, msg.state))
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The outcome of PromoteModel."""
+
+    serving_version: str
+    previous_version: str
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb2.PromoteModelResponse) -> Promotion:
         return _from_fields(cls, msg)

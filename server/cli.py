@@ -31,7 +31,7 @@ log = logging.getLogger("covisit")
 PRESET_TEST_DAYS = {"online-retail": 30.0, "diginetica": 7.0}
 BUILD_BATCH = 100_000
 DEFAULT_TIMEOUT = 5.0  # seconds, every remote call
-REBUILD_TIMEOUT = 60.0  # admin rebuild, unless --timeout says otherwise
+REBUILD_TIMEOUT = 60.0  # admin rebuild and resume, unless --timeout says otherwise
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -64,7 +64,7 @@ def _add_remote_args(p: argparse.ArgumentParser, target_group=None) -> None:
                                      help="a running covisit server")
     g = p.add_argument_group("connection")
     g.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help=f"deadline of each call (default {DEFAULT_TIMEOUT:g}; admin rebuild {REBUILD_TIMEOUT:g})")
+                   help=f"deadline of each call (default {DEFAULT_TIMEOUT:g}; admin rebuild and resume {REBUILD_TIMEOUT:g})")
     g.add_argument("--tls-ca", metavar="PEM", help="root certificates to verify the server with (enables TLS)")
     g.add_argument("--tls-cert", metavar="PEM", help="client certificate chain for mutual TLS (with --tls-key)")
     g.add_argument("--tls-key", metavar="PEM", help="client private key for mutual TLS (with --tls-cert)")
@@ -86,10 +86,23 @@ def _client(args: argparse.Namespace, admin_token: str | None = None) -> Covisit
 
 
 def _print_fields(result) -> None:
-    """A client result as key=value lines (a dict field, e.g. status config, as key.name=value)."""
-    for key, value in dataclasses.asdict(result).items():
-        for name, v in value.items() if isinstance(value, dict) else [("", value)]:
-            print(f"{key}{'.' if name else ''}{name}={round(v, 3) if isinstance(v, float) else v}")
+    """A client result as key=value lines: a dict field (status config, a nested result such as
+    ab_test) as key.name=value, a list of results as key[0].name=value, a missing one as key=;
+    no result (None) prints nothing."""
+    for key, value in _flat_fields("", dataclasses.asdict(result) if result is not None else {}):
+        print(f"{key}={round(value, 3) if isinstance(value, float) else value}")
+
+
+def _flat_fields(prefix: str, value):
+    """(dotted key, value) pairs of a nested dict / tuple; None and () become ""."""
+    if isinstance(value, dict):
+        for name, v in value.items():
+            yield from _flat_fields(f"{prefix}.{name}" if prefix else name, v)
+    elif isinstance(value, (tuple, list)) and value:
+        for n, v in enumerate(value):
+            yield from _flat_fields(f"{prefix}[{n}]", v)
+    else:
+        yield prefix, "" if value is None or value == () or value == [] else value
 
 
 def _model_config(args: argparse.Namespace) -> ModelConfig:
@@ -177,8 +190,22 @@ def cmd_admin(args: argparse.Namespace) -> int:
                 _print_fields(client.get_metrics())
             case "rollback":
                 _print_fields(client.rollback_model(args.version))
+            case "resume":
+                _print_fields(client.resume_learning(timeout=args.timeout or REBUILD_TIMEOUT))
             case "rebuild":
                 _print_fields(client.rebuild_model(timeout=args.timeout or REBUILD_TIMEOUT))
+            case "promote":
+                _print_fields(client.promote_model(args.version))
+            case "shadow-start":
+                client.start_shadow(args.version, args.rate)
+                _print_fields(client.get_status().shadow)
+            case "shadow-stop":
+                client.stop_shadow()
+            case "ab-start":
+                client.start_ab_test(args.version, args.fraction)
+                _print_fields(client.get_status().ab_test)
+            case "ab-stop":
+                client.stop_ab_test()
             case "versions":
                 for v in client.list_model_versions():
                     created = datetime.fromtimestamp(v.created_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -261,12 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="action", required=True)
     for name, text in [("status", "the serving model and the server's state"),
                        ("versions", "model versions, newest first: version state created_at items links"),
-                       ("rollback", "serve an earlier model version again"),
-                       ("rebuild", "build a new version from the whole event history and serve it"),
-                       ("metrics", "the server's request, feedback and latency counters")]:
+                       ("rollback", "serve a kept model version again and pin it (events are logged, not learned)"),
+                       ("resume", "unpin: learn the events logged since the rollback and serve the result"),
+                       ("rebuild", "re-prune the whole model into a new version; it serves once the quality gate passes it"),
+                       ("promote", "serve a kept version (a candidate, an A/B arm) to everyone, skipping the gate"),
+                       ("shadow-start", "score a kept version beside the serving one on a sample of requests"),
+                       ("shadow-stop", "stop the shadow version"),
+                       ("ab-start", "serve a kept version to a stable share of users"),
+                       ("ab-stop", "end the A/B test"),
+                       ("metrics", "the server's request, feedback, learning and latency counters")]:
         a = actions.add_parser(name, help=text, description=text)
-        if name == "rollback":
+        if name in ("rollback", "promote", "shadow-start", "ab-start"):
             a.add_argument("version", metavar="VERSION")
+        if name == "shadow-start":
+            a.add_argument("--rate", type=float, default=0.1,
+                           help="share of requests also scored by it, in (0, 1] (default %(default)s)")
+        if name == "ab-start":
+            a.add_argument("--fraction", type=float, default=0.1,
+                           help="share of users it serves, in (0, 1) (default %(default)s)")
         _add_remote_args(a)
         a.add_argument("--token", help=f"admin token (default: ${ADMIN_TOKEN_ENV}, which keeps it out of ps)")
         a.set_defaults(func=cmd_admin)

@@ -5,8 +5,6 @@ Errors are raised as core exceptions; the interceptor maps them to status codes.
 
 from __future__ import annotations
 
-import time
-
 from covisit.core import kernels_topk as kt
 from covisit.core.engine import Engine, Recommendation, VersionInfo
 from covisit.core.errors import InvalidArgument
@@ -16,6 +14,8 @@ from covisit.v1 import admin_pb2, admin_pb2_grpc, feedback_pb2, feedback_pb2_grp
 from covisit.v1 import recommend_pb2, recommend_pb2_grpc
 
 DEFAULT_K = 10  # k = 0 (unset) means this
+DEFAULT_SAMPLE_RATE = 0.1  # StartShadow sample_rate = 0 (unset) means this
+DEFAULT_FRACTION = 0.1  # StartABTest fraction = 0 (unset) means this
 SOURCES = {
     kt.SOURCE_COOCCURRENCE: recommend_pb2.RecommendedItem.COOCCURRENCE,
     kt.SOURCE_CONTENT: recommend_pb2.RecommendedItem.CONTENT,
@@ -107,9 +107,25 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
 def _model_version(info: VersionInfo) -> admin_pb2.ModelVersion:
     return admin_pb2.ModelVersion(
         version=str(info.version), parent_version="" if info.parent is None else str(info.parent),
-        state=admin_pb2.ModelVersion.State.Value(info.state), created_at=info.created_at,
+        state=admin_pb2.ModelVersion.State.Value(info.state), reason=info.reason, created_at=info.created_at,
         event_watermark=info.watermark, items=info.items, links=info.links,
         metrics={k: float(v) for k, v in info.metrics.items() if isinstance(v, (int, float))})
+
+
+def _feedback(rows: list[dict]) -> list[admin_pb2.VersionFeedback]:
+    return [admin_pb2.VersionFeedback(**(row | {"version": str(row["version"])})) for row in rows]
+
+
+def _experiment(running: tuple[int, float, float] | None) -> admin_pb2.Experiment | None:
+    """(version, fraction, started_at) as an Experiment; None (the field unset) when none runs."""
+    if running is None:
+        return None
+    version, fraction, started_at = running
+    return admin_pb2.Experiment(version=str(version), fraction=fraction, started_at=started_at)
+
+
+def _shadow_stats(stats: dict | None) -> admin_pb2.ShadowStats | None:
+    return None if stats is None else admin_pb2.ShadowStats(**(stats | {"version": str(stats["version"])}))
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -120,7 +136,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def GetStatus(self, request, context):
         status = self.engine.status()
-        status["model_version"] = str(status["model_version"])
+        pinned = status["pinned_version"]
+        status = status | {"model_version": str(status["model_version"]),
+                           "pinned_version": "" if pinned is None else str(pinned),
+                           "alerts": [admin_pb2.Alert(kind=kind, reason=reason, raised_at=raised_at)
+                                      for kind, reason, raised_at in status["alerts"]],
+                           "ab_test": _experiment(status["ab_test"]), "shadow": _experiment(status["shadow"]),
+                           "feedback": _feedback(status["feedback"])}
         return admin_pb2.GetStatusResponse(config=self.config_summary, **status)
 
     def ListModelVersions(self, request, context):
@@ -134,18 +156,44 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         new, old = self.engine.rollback(_version_number(request.version))
         return admin_pb2.RollbackModelResponse(serving_version=str(new), previous_version=str(old))
 
+    def ResumeLearning(self, request, context):
+        serving, applied = self.engine.resume_learning()
+        return admin_pb2.ResumeLearningResponse(serving_version=str(serving), events_applied=applied)
+
     def RebuildModel(self, request, context):
-        started = time.perf_counter()
-        snap = self.engine.rebuild()
-        return admin_pb2.RebuildModelResponse(model_version=str(snap.version),
-                                              build_seconds=time.perf_counter() - started)
+        info = self.engine.rebuild()
+        return admin_pb2.RebuildModelResponse(model_version=str(info.version),
+                                              build_seconds=info.metrics["build_seconds"],
+                                              state=admin_pb2.ModelVersion.State.Value(info.state))
+
+    def PromoteModel(self, request, context):
+        new, old = self.engine.promote(_version_number(request.version))
+        return admin_pb2.PromoteModelResponse(serving_version=str(new), previous_version=str(old))
+
+    def StartShadow(self, request, context):
+        self.engine.start_shadow(_version_number(request.version), request.sample_rate or DEFAULT_SAMPLE_RATE)
+        return admin_pb2.StartShadowResponse()
+
+    def StopShadow(self, request, context):
+        self.engine.stop_shadow()
+        return admin_pb2.StopShadowResponse()
+
+    def StartABTest(self, request, context):
+        self.engine.start_ab(_version_number(request.version), request.fraction or DEFAULT_FRACTION)
+        return admin_pb2.StartABTestResponse()
+
+    def StopABTest(self, request, context):
+        self.engine.stop_ab()
+        return admin_pb2.StopABTestResponse()
 
     def GetMetrics(self, request, context):
         c = dict(self.engine.counters)
+        m = self.engine.metrics()
         p50, p95, p99 = (s * 1e3 for s in self.latencies.percentiles(RECOMMEND_METHOD))
-        return admin_pb2.GetMetricsResponse(
-            ctr=c["clicks"] / c["impressions"] if c["impressions"] else 0.0,
-            latency_p50_ms=p50, latency_p95_ms=p95, latency_p99_ms=p99, **c)
+        return admin_pb2.GetMetricsResponse(**(c | m | {
+            "ctr": c["clicks"] / c["impressions"] if c["impressions"] else 0.0,
+            "latency_p50_ms": p50, "latency_p95_ms": p95, "latency_p99_ms": p99,
+            "feedback": _feedback(m["feedback"]), "shadow": _shadow_stats(m["shadow"])}))
 
     def UpsertItems(self, request, context):
         items = [(i.item_id, tuple(i.categories), i.available, tuple(i.tags)) for i in request.items]

@@ -129,9 +129,34 @@ class FakeAdmin(admin_pb2_grpc.AdminServiceServicer):
         self._check("RollbackModel", request, context)
         return admin_pb2.RollbackModelResponse(serving_version=request.version, previous_version="v1")
 
+    def ResumeLearning(self, request, context):
+        self._check("ResumeLearning", request, context)
+        return admin_pb2.ResumeLearningResponse(serving_version="v3", events_applied=7)
+
     def RebuildModel(self, request, context):
         self._check("RebuildModel", request, context)
-        return admin_pb2.RebuildModelResponse(model_version="v2", build_seconds=1.5)
+        return admin_pb2.RebuildModelResponse(model_version="v2", build_seconds=1.5,
+                                              state=admin_pb2.ModelVersion.CANDIDATE)
+
+    def PromoteModel(self, request, context):
+        self._check("PromoteModel", request, context)
+        return admin_pb2.PromoteModelResponse(serving_version=request.version, previous_version="v1")
+
+    def StartShadow(self, request, context):
+        self._check("StartShadow", request, context)
+        return admin_pb2.StartShadowResponse()
+
+    def StopShadow(self, request, context):
+        self._check("StopShadow", request, context)
+        return admin_pb2.StopShadowResponse()
+
+    def StartABTest(self, request, context):
+        self._check("StartABTest", request, context)
+        return admin_pb2.StartABTestResponse()
+
+    def StopABTest(self, request, context):
+        self._check("StopABTest", request, context)
+        return admin_pb2.StopABTestResponse()
 
     def GetMetrics(self, request, context):
         self._check("GetMetrics", request, context)

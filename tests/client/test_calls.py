@@ -3,8 +3,8 @@
 import grpc
 import pytest
 
-from covisit.client import (CovisitClient, Event, Item, Metrics, ModelVersion, Rebuild, Recommendations,
-                            RecommendedItem, Rollback, SimilarItems)
+from covisit.client import (CovisitClient, Event, Item, Metrics, ModelVersion, Promotion, Rebuild, Recommendations,
+                            RecommendedItem, Resume, Rollback, SimilarItems)
 
 from covisit.client.client import RETRY_SERVICE_CONFIG
 
@@ -76,12 +76,31 @@ def test_admin_calls_send_the_token_and_convert_the_answers(client, fake_server)
     assert [(v.version, v.state) for v in client.list_model_versions()] == [("v1", "SERVING"), ("v0", "AVAILABLE")]
     assert client.get_model_version("v1") == ModelVersion("v1", "v0", "SERVING", "", 0.0, 0, 0, 0, {})
     assert client.rollback_model("v0") == Rollback("v0", "v1")
-    assert client.rebuild_model() == Rebuild("v2", 1.5)
-    assert client.get_metrics() == Metrics(4, 1, 0, 0, 0, 0, 0.25, 0.0, 0.0, 0.0)
+    assert client.rebuild_model() == Rebuild("v2", 1.5, "CANDIDATE")
+    assert client.get_metrics() == Metrics(4, 1, 0, 0, 0, 0, 0.25, 0.0, 0.0, 0.0, (), 0, 0, None, 0.0)
     assert client.upsert_items([Item("i1", ("shoes",)), Item("i2", available=False)]) == 2
     request, _ = fake_server.recorder.last("UpsertItems")
     assert [Item.from_proto(i) for i in request.items] == [Item("i1", ("shoes",)), Item("i2", available=False)]
     assert client.delete_items(["known-1", "other"]) == 1
+
+
+def test_learning_and_experiment_calls_send_the_token_and_their_fields(client, fake_server):
+    assert client.resume_learning() == Resume("v3", 7)
+    assert client.promote_model("v0") == Promotion("v0", "v1")
+    assert fake_server.recorder.last("PromoteModel")[0].version == "v0"
+    assert client.start_shadow("v0") is None
+    request, metadata = fake_server.recorder.last("StartShadow")
+    assert (request.version, request.sample_rate, metadata["authorization"]) == ("v0", 0.1, f"Bearer {TOKEN}")
+    client.start_shadow("v0", sample_rate=0.5)
+    assert fake_server.recorder.last("StartShadow")[0].sample_rate == 0.5
+    assert client.start_ab_test("v0") is None
+    request, _ = fake_server.recorder.last("StartABTest")
+    assert (request.version, request.fraction) == ("v0", 0.1)
+    client.start_ab_test("v0", fraction=0.25)
+    assert fake_server.recorder.last("StartABTest")[0].fraction == 0.25
+    assert client.stop_shadow() is None and client.stop_ab_test() is None
+    for method in ("ResumeLearning", "StopShadow", "StopABTest"):
+        assert fake_server.recorder.last(method)[1]["authorization"] == f"Bearer {TOKEN}"
 
 
 def test_errors_are_the_stubs_rpc_errors_unwrapped(client, fake_server):

@@ -4,8 +4,9 @@ import dataclasses
 
 import pytest
 
-from covisit.client import (Event, Item, Metrics, ModelVersion, Rebuild, Recommendations, RecommendedItem,
-                            Rollback, SimilarItems, Status)
+from covisit.client import (Alert, Event, Experiment, Item, Metrics, ModelVersion, Promotion, Rebuild,
+                            Recommendations, RecommendedItem, Resume, Rollback, ShadowStats, SimilarItems, Status,
+                            VersionFeedback)
 from covisit.v1 import admin_pb2, feedback_pb2, recommend_pb2
 
 SOURCE = recommend_pb2.RecommendedItem.Source
@@ -23,6 +24,12 @@ STATE = admin_pb2.ModelVersion.State
     (Metrics, admin_pb2.GetMetricsResponse),
     (Rollback, admin_pb2.RollbackModelResponse),
     (Rebuild, admin_pb2.RebuildModelResponse),
+    (Resume, admin_pb2.ResumeLearningResponse),
+    (Promotion, admin_pb2.PromoteModelResponse),
+    (Alert, admin_pb2.Alert),
+    (Experiment, admin_pb2.Experiment),
+    (VersionFeedback, admin_pb2.VersionFeedback),
+    (ShadowStats, admin_pb2.ShadowStats),
 ])
 def test_every_message_field_has_a_dataclass_field(cls, message):
     assert [f.name for f in dataclasses.fields(cls)] == [f.name for f in message.DESCRIPTOR.fields]
@@ -98,23 +105,51 @@ def test_recommendations_keep_order_and_every_field():
 
 
 def test_admin_responses_convert_every_field():
-    status = admin_pb2.GetStatusResponse(model_version="v2", items=1, links=2, events=3, uptime_seconds=4.5,
-                                         freshness_seconds=6.5, config={"k": "10", "decay": "0.5"}, users=7,
-                                         catalog_items=8)
-    assert Status.from_proto(status) == Status("v2", 1, 2, 3, 4.5, 6.5, {"k": "10", "decay": "0.5"}, 7, 8)
+    feedback = admin_pb2.VersionFeedback(version="v1", impressions=10, clicks=2, ctr=0.2, window_impressions=5,
+                                         window_clicks=1, window_ctr=0.2)
+    status = admin_pb2.GetStatusResponse(
+        model_version="v2", items=1, links=2, events=3, uptime_seconds=4.5, freshness_seconds=6.5,
+        config={"k": "10", "decay": "0.5"}, users=7, catalog_items=8, pinned_version="v2", learning="pinned",
+        events_pending=9, log_events=12, alerts=[admin_pb2.Alert(kind="auto_rollback", reason="ctr fell",
+                                                                 raised_at=1.5)],
+        ab_test=admin_pb2.Experiment(version="v1", fraction=0.25, started_at=2.5), feedback=[feedback])
+    assert Status.from_proto(status) == Status(
+        "v2", 1, 2, 3, 4.5, 6.5, {"k": "10", "decay": "0.5"}, 7, 8, "v2", "pinned", 9, 12,
+        (Alert("auto_rollback", "ctr fell", 1.5),), Experiment("v1", 0.25, 2.5), None,
+        (VersionFeedback("v1", 10, 2, 0.2, 5, 1, 0.2),))
     version = admin_pb2.ModelVersion(version="v2", parent_version="v1", state=STATE.Value("REJECTED"),
                                      reason="recall fell", created_at=1.5, event_watermark=9, items=10,
                                      links=11, metrics={"recall@10": 0.25})
     assert ModelVersion.from_proto(version) == ModelVersion("v2", "v1", "REJECTED", "recall fell", 1.5, 9, 10, 11,
                                                             {"recall@10": 0.25})
-    metrics = admin_pb2.GetMetricsResponse(recommend_requests=1, cache_hits=2, events_accepted=3,
-                                           events_rejected=4, impressions=5, clicks=6, ctr=0.5,
-                                           latency_p50_ms=0.25, latency_p95_ms=1.5, latency_p99_ms=2.5)
-    assert Metrics.from_proto(metrics) == Metrics(1, 2, 3, 4, 5, 6, 0.5, 0.25, 1.5, 2.5)
+    metrics = admin_pb2.GetMetricsResponse(
+        recommend_requests=1, cache_hits=2, events_accepted=3, events_rejected=4, impressions=5, clicks=6,
+        ctr=0.5, latency_p50_ms=0.25, latency_p95_ms=1.5, latency_p99_ms=2.5, feedback=[feedback], publishes=7,
+        auto_rollbacks=1, shadow=admin_pb2.ShadowStats(version="v1", requests=8, dropped=2, mean_overlap=0.75,
+                                                        latency_p50_ms=0.5, latency_p99_ms=1.25),
+        freshness_lag_seconds=0.5)
+    assert Metrics.from_proto(metrics) == Metrics(1, 2, 3, 4, 5, 6, 0.5, 0.25, 1.5, 2.5,
+                                                  (VersionFeedback("v1", 10, 2, 0.2, 5, 1, 0.2),), 7, 1,
+                                                  ShadowStats("v1", 8, 2, 0.75, 0.5, 1.25), 0.5)
     assert Rollback.from_proto(admin_pb2.RollbackModelResponse(serving_version="v1", previous_version="v2")) == (
         Rollback("v1", "v2"))
-    assert Rebuild.from_proto(admin_pb2.RebuildModelResponse(model_version="v3", build_seconds=2.5)) == (
-        Rebuild("v3", 2.5))
+    assert Rebuild.from_proto(admin_pb2.RebuildModelResponse(model_version="v3", build_seconds=2.5,
+                                                             state=STATE.Value("CANDIDATE"))) == (
+        Rebuild("v3", 2.5, "CANDIDATE"))
+    assert Resume.from_proto(admin_pb2.ResumeLearningResponse(serving_version="v4", events_applied=3)) == (
+        Resume("v4", 3))
+    assert Promotion.from_proto(admin_pb2.PromoteModelResponse(serving_version="v3", previous_version="v4")) == (
+        Promotion("v3", "v4"))
+
+
+def test_experiments_and_shadow_stats_are_none_when_none_runs():
+    status = Status.from_proto(admin_pb2.GetStatusResponse())
+    assert (status.ab_test, status.shadow, status.alerts, status.feedback) == (None, None, (), ())
+    # an Experiment sent without a version means the same as none
+    assert Status.from_proto(admin_pb2.GetStatusResponse(shadow=admin_pb2.Experiment())).shadow is None
+    assert Metrics.from_proto(admin_pb2.GetMetricsResponse()).shadow is None
+    empty_shadow = admin_pb2.GetMetricsResponse(shadow=admin_pb2.ShadowStats(version="v1"))
+    assert Metrics.from_proto(empty_shadow).shadow == ShadowStats("v1", 0, 0, 0.0, 0.0, 0.0)
 
 
 def test_converted_values_are_frozen_and_detached_from_the_message():

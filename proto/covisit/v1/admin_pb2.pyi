@@ -12,7 +12,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("model_version", "items", "links", "events", "uptime_seconds", "freshness_seconds", "config", "users", "catalog_items")
+    __slots__ = ("model_version", "items", "links", "events", "uptime_seconds", "freshness_seconds", "config", "users", "catalog_items", "pinned_version", "learning", "events_pending", "log_events", "alerts", "ab_test", "shadow", "feedback")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,14 @@ class GetStatusResponse(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     USERS_FIELD_NUMBER: _ClassVar[int]
     CATALOG_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PINNED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    LOG_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    AB_TEST_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     items: int
     links: int
@@ -38,7 +46,53 @@ class GetStatusResponse(_message.Message):
     config: _containers.ScalarMap[str, str]
     users: int
     catalog_items: int
-    def __init__(self, model_version: _Optional[str] = ..., items: _Optional[int] = ..., links: _Optional[int] = ..., events: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., freshness_seconds: _Optional[float] = ..., config: _Optional[_Mapping[str, str]] = ..., users: _Optional[int] = ..., catalog_items: _Optional[int] = ...) -> None: ...
+    pinned_version: str
+    learning: str
+    events_pending: int
+    log_events: int
+    alerts: _containers.RepeatedCompositeFieldContainer[Alert]
+    ab_test: Experiment
+    shadow: Experiment
+    feedback: _containers.RepeatedCompositeFieldContainer[VersionFeedback]
+    def __init__(self, model_version: _Optional[str] = ..., items: _Optional[int] = ..., links: _Optional[int] = ..., events: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., freshness_seconds: _Optional[float] = ..., config: _Optional[_Mapping[str, str]] = ..., users: _Optional[int] = ..., catalog_items: _Optional[int] = ..., pinned_version: _Optional[str] = ..., learning: _Optional[str] = ..., events_pending: _Optional[int] = ..., log_events: _Optional[int] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., ab_test: _Optional[_Union[Experiment, _Mapping]] = ..., shadow: _Optional[_Union[Experiment, _Mapping]] = ..., feedback: _Optional[_Iterable[_Union[VersionFeedback, _Mapping]]] = ...) -> None: ...
+
+class Alert(_message.Message):
+    __slots__ = ("kind", "reason", "raised_at")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RAISED_AT_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    reason: str
+    raised_at: float
+    def __init__(self, kind: _Optional[str] = ..., reason: _Optional[str] = ..., raised_at: _Optional[float] = ...) -> None: ...
+
+class Experiment(_message.Message):
+    __slots__ = ("version", "fraction", "started_at")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    fraction: float
+    started_at: float
+    def __init__(self, version: _Optional[str] = ..., fraction: _Optional[float] = ..., started_at: _Optional[float] = ...) -> None: ...
+
+class VersionFeedback(_message.Message):
+    __slots__ = ("version", "impressions", "clicks", "ctr", "window_impressions", "window_clicks", "window_ctr")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CLICKS_FIELD_NUMBER: _ClassVar[int]
+    CTR_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_CLICKS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_CTR_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    impressions: int
+    clicks: int
+    ctr: float
+    window_impressions: int
+    window_clicks: int
+    window_ctr: float
+    def __init__(self, version: _Optional[str] = ..., impressions: _Optional[int] = ..., clicks: _Optional[int] = ..., ctr: _Optional[float] = ..., window_impressions: _Optional[int] = ..., window_clicks: _Optional[int] = ..., window_ctr: _Optional[float] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("version", "parent_version", "state", "reason", "created_at", "event_watermark", "items", "links", "metrics")
@@ -123,24 +177,92 @@ class RollbackModelResponse(_message.Message):
     previous_version: str
     def __init__(self, serving_version: _Optional[str] = ..., previous_version: _Optional[str] = ...) -> None: ...
 
+class ResumeLearningRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResumeLearningResponse(_message.Message):
+    __slots__ = ("serving_version", "events_applied")
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    serving_version: str
+    events_applied: int
+    def __init__(self, serving_version: _Optional[str] = ..., events_applied: _Optional[int] = ...) -> None: ...
+
 class RebuildModelRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class RebuildModelResponse(_message.Message):
-    __slots__ = ("model_version", "build_seconds")
+    __slots__ = ("model_version", "build_seconds", "state")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     BUILD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     build_seconds: float
-    def __init__(self, model_version: _Optional[str] = ..., build_seconds: _Optional[float] = ...) -> None: ...
+    state: ModelVersion.State
+    def __init__(self, model_version: _Optional[str] = ..., build_seconds: _Optional[float] = ..., state: _Optional[_Union[ModelVersion.State, str]] = ...) -> None: ...
+
+class PromoteModelRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...
+
+class PromoteModelResponse(_message.Message):
+    __slots__ = ("serving_version", "previous_version")
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    serving_version: str
+    previous_version: str
+    def __init__(self, serving_version: _Optional[str] = ..., previous_version: _Optional[str] = ...) -> None: ...
+
+class StartShadowRequest(_message.Message):
+    __slots__ = ("version", "sample_rate")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    sample_rate: float
+    def __init__(self, version: _Optional[str] = ..., sample_rate: _Optional[float] = ...) -> None: ...
+
+class StartShadowResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StopShadowRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StopShadowResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StartABTestRequest(_message.Message):
+    __slots__ = ("version", "fraction")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    fraction: float
+    def __init__(self, version: _Optional[str] = ..., fraction: _Optional[float] = ...) -> None: ...
+
+class StartABTestResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StopABTestRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StopABTestResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class GetMetricsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetMetricsResponse(_message.Message):
-    __slots__ = ("recommend_requests", "cache_hits", "events_accepted", "events_rejected", "impressions", "clicks", "ctr", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
+    __slots__ = ("recommend_requests", "cache_hits", "events_accepted", "events_rejected", "impressions", "clicks", "ctr", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "feedback", "publishes", "auto_rollbacks", "shadow", "freshness_lag_seconds")
     RECOMMEND_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +273,11 @@ class GetMetricsResponse(_message.Message):
     LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHES_FIELD_NUMBER: _ClassVar[int]
+    AUTO_ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    FRESHNESS_LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
     recommend_requests: int
     cache_hits: int
     events_accepted: int
@@ -161,7 +288,28 @@ class GetMetricsResponse(_message.Message):
     latency_p50_ms: float
     latency_p95_ms: float
     latency_p99_ms: float
-    def __init__(self, recommend_requests: _Optional[int] = ..., cache_hits: _Optional[int] = ..., events_accepted: _Optional[int] = ..., events_rejected: _Optional[int] = ..., impressions: _Optional[int] = ..., clicks: _Optional[int] = ..., ctr: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ...) -> None: ...
+    feedback: _containers.RepeatedCompositeFieldContainer[VersionFeedback]
+    publishes: int
+    auto_rollbacks: int
+    shadow: ShadowStats
+    freshness_lag_seconds: float
+    def __init__(self, recommend_requests: _Optional[int] = ..., cache_hits: _Optional[int] = ..., events_accepted: _Optional[int] = ..., events_rejected: _Optional[int] = ..., impressions: _Optional[int] = ..., clicks: _Optional[int] = ..., ctr: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., feedback: _Optional[_Iterable[_Union[VersionFeedback, _Mapping]]] = ..., publishes: _Optional[int] = ..., auto_rollbacks: _Optional[int] = ..., shadow: _Optional[_Union[ShadowStats, _Mapping]] = ..., freshness_lag_seconds: _Optional[float] = ...) -> None: ...
+
+class ShadowStats(_message.Message):
+    __slots__ = ("version", "requests", "dropped", "mean_overlap", "latency_p50_ms", "latency_p99_ms")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    MEAN_OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    requests: int
+    dropped: int
+    mean_overlap: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    def __init__(self, version: _Optional[str] = ..., requests: _Optional[int] = ..., dropped: _Optional[int] = ..., mean_overlap: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ...) -> None: ...
 
 class Item(_message.Message):
     __slots__ = ("item_id", "categories", "available", "tags")

@@ -56,10 +56,40 @@ class AdminServiceStub:
                 request_serializer=covisit_dot_v1_dot_admin__pb2.RollbackModelRequest.SerializeToString,
                 response_deserializer=covisit_dot_v1_dot_admin__pb2.RollbackModelResponse.FromString,
                 _registered_method=True)
+        self.ResumeLearning = channel.unary_unary(
+                '/covisit.v1.AdminService/ResumeLearning',
+                request_serializer=covisit_dot_v1_dot_admin__pb2.ResumeLearningRequest.SerializeToString,
+                response_deserializer=covisit_dot_v1_dot_admin__pb2.ResumeLearningResponse.FromString,
+                _registered_method=True)
         self.RebuildModel = channel.unary_unary(
                 '/covisit.v1.AdminService/RebuildModel',
                 request_serializer=covisit_dot_v1_dot_admin__pb2.RebuildModelRequest.SerializeToString,
                 response_deserializer=covisit_dot_v1_dot_admin__pb2.RebuildModelResponse.FromString,
+                _registered_method=True)
+        self.PromoteModel = channel.unary_unary(
+                '/covisit.v1.AdminService/PromoteModel',
+                request_serializer=covisit_dot_v1_dot_admin__pb2.PromoteModelRequest.SerializeToString,
+                response_deserializer=covisit_dot_v1_dot_admin__pb2.PromoteModelResponse.FromString,
+                _registered_method=True)
+        self.StartShadow = channel.unary_unary(
+                '/covisit.v1.AdminService/StartShadow',
+                request_serializer=covisit_dot_v1_dot_admin__pb2.StartShadowRequest.SerializeToString,
+                response_deserializer=covisit_dot_v1_dot_admin__pb2.StartShadowResponse.FromString,
+                _registered_method=True)
+        self.StopShadow = channel.unary_unary(
+                '/covisit.v1.AdminService/StopShadow',
+                request_serializer=covisit_dot_v1_dot_admin__pb2.StopShadowRequest.SerializeToString,
+                response_deserializer=covisit_dot_v1_dot_admin__pb2.StopShadowResponse.FromString,
+                _registered_method=True)
+        self.StartABTest = channel.unary_unary(
+                '/covisit.v1.AdminService/StartABTest',
+                request_serializer=covisit_dot_v1_dot_admin__pb2.StartABTestRequest.SerializeToString,
+                response_deserializer=covisit_dot_v1_dot_admin__pb2.StartABTestResponse.FromString,
+                _registered_method=True)
+        self.StopABTest = channel.unary_unary(
+                '/covisit.v1.AdminService/StopABTest',
+                request_serializer=covisit_dot_v1_dot_admin__pb2.StopABTestRequest.SerializeToString,
+                response_deserializer=covisit_dot_v1_dot_admin__pb2.StopABTestResponse.FromString,
                 _registered_method=True)
         self.GetMetrics = channel.unary_unary(
                 '/covisit.v1.AdminService/GetMetrics',
@@ -105,14 +135,58 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RollbackModel(self, request, context):
-        """Serve an earlier version again.
+        """Serve a kept version again and pin it: events are still logged, not learned, until
+        ResumeLearning.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeLearning(self, request, context):
+        """Unpin: learn every event logged since the pinned version and serve the result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RebuildModel(self, request, context):
-        """Build a new version from the whole event history and serve it.
+        """Re-prune the whole model from its exact counts into a checkpoint; it serves once the
+        quality gate passes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteModel(self, request, context):
+        """Serve a kept version (a candidate, an A/B arm) to everyone, skipping the gate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartShadow(self, request, context):
+        """Score a kept version beside the serving one on a sample of requests, off the response path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopShadow(self, request, context):
+        """End the shadow run (its figures stay in GetMetrics until the next one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartABTest(self, request, context):
+        """Serve a kept version to a stable share of users (by a hash of user_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopABTest(self, request, context):
+        """End the A/B test: everyone gets the serving version again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -162,10 +236,40 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=covisit_dot_v1_dot_admin__pb2.RollbackModelRequest.FromString,
                     response_serializer=covisit_dot_v1_dot_admin__pb2.RollbackModelResponse.SerializeToString,
             ),
+            'ResumeLearning': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeLearning,
+                    request_deserializer=covisit_dot_v1_dot_admin__pb2.ResumeLearningRequest.FromString,
+                    response_serializer=covisit_dot_v1_dot_admin__pb2.ResumeLearningResponse.SerializeToString,
+            ),
             'RebuildModel': grpc.unary_unary_rpc_method_handler(
                     servicer.RebuildModel,
                     request_deserializer=covisit_dot_v1_dot_admin__pb2.RebuildModelRequest.FromString,
                     response_serializer=covisit_dot_v1_dot_admin__pb2.RebuildModelResponse.SerializeToString,
+            ),
+            'PromoteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteModel,
+                    request_deserializer=covisit_dot_v1_dot_admin__pb2.PromoteModelRequest.FromString,
+                    response_serializer=covisit_dot_v1_dot_admin__pb2.PromoteModelResponse.SerializeToString,
+            ),
+            'StartShadow': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartShadow,
+                    request_deserializer=covisit_dot_v1_dot_admin__pb2.StartShadowRequest.FromString,
+                    response_serializer=covisit_dot_v1_dot_admin__pb2.StartShadowResponse.SerializeToString,
+            ),
+            'StopShadow': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopShadow,
+                    request_deserializer=covisit_dot_v1_dot_admin__pb2.StopShadowRequest.FromString,
+                    response_serializer=covisit_dot_v1_dot_admin__pb2.StopShadowResponse.SerializeToString,
+            ),
+            'StartABTest': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartABTest,
+                    request_deserializer=covisit_dot_v1_dot_admin__pb2.StartABTestRequest.FromString,
+                    response_serializer=covisit_dot_v1_dot_admin__pb2.StartABTestResponse.SerializeToString,
+            ),
+            'StopABTest': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopABTest,
+                    request_deserializer=covisit_dot_v1_dot_admin__pb2.StopABTestRequest.FromString,
+                    response_serializer=covisit_dot_v1_dot_admin__pb2.StopABTestResponse.SerializeToString,
             ),
             'GetMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMetrics,
@@ -304,6 +408,33 @@ class AdminService:
             _registered_method=True)
 
     @staticmethod
+    def ResumeLearning(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/covisit.v1.AdminService/ResumeLearning',
+            covisit_dot_v1_dot_admin__pb2.ResumeLearningRequest.SerializeToString,
+            covisit_dot_v1_dot_admin__pb2.ResumeLearningResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def RebuildModel(request,
             target,
             options=(),
@@ -320,6 +451,141 @@ class AdminService:
             '/covisit.v1.AdminService/RebuildModel',
             covisit_dot_v1_dot_admin__pb2.RebuildModelRequest.SerializeToString,
             covisit_dot_v1_dot_admin__pb2.RebuildModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/covisit.v1.AdminService/PromoteModel',
+            covisit_dot_v1_dot_admin__pb2.PromoteModelRequest.SerializeToString,
+            covisit_dot_v1_dot_admin__pb2.PromoteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartShadow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/covisit.v1.AdminService/StartShadow',
+            covisit_dot_v1_dot_admin__pb2.StartShadowRequest.SerializeToString,
+            covisit_dot_v1_dot_admin__pb2.StartShadowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopShadow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/covisit.v1.AdminService/StopShadow',
+            covisit_dot_v1_dot_admin__pb2.StopShadowRequest.SerializeToString,
+            covisit_dot_v1_dot_admin__pb2.StopShadowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartABTest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/covisit.v1.AdminService/StartABTest',
+            covisit_dot_v1_dot_admin__pb2.StartABTestRequest.SerializeToString,
+            covisit_dot_v1_dot_admin__pb2.StartABTestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopABTest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/covisit.v1.AdminService/StopABTest',
+            covisit_dot_v1_dot_admin__pb2.StopABTestRequest.SerializeToString,
+            covisit_dot_v1_dot_admin__pb2.StopABTestResponse.FromString,
             options,
             channel_credentials,
             insecure,
