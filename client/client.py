@@ -175,9 +175,10 @@ class CovisitClient:
 
     # AdminService (every call sends the admin token)
 
-    def get_status(self, *, timeout: float | None = None) -> Status:
-        """The serving model and the server's state."""
-        request = admin_pb2.GetStatusRequest()
+    def get_status(self, *, counts_digest: bool = False, timeout: float | None = None) -> Status:
+        """The serving model and the server's state; `counts_digest` also hashes the model's
+        exact counts (slow on large models)."""
+        request = admin_pb2.GetStatusRequest(counts_digest=counts_digest)
         return Status.from_proto(self._call(self._admin.GetStatus, request, timeout, admin=True))
 
     def list_model_versions(self, *, timeout: float | None = None) -> list[ModelVersion]:

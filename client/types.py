@@ -201,6 +201,7 @@ class Status:
     ab_test: Experiment | None
     shadow: Experiment | None
     feedback: tuple[VersionFeedback, ...]
+    counts_digest: str  # "" unless asked for
 
     @classmethod
     def from_proto(cls, msg: admin_pb2.GetStatusResponse) -> Status:

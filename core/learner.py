@@ -59,6 +59,12 @@ def line_of(snap: Snapshot) -> int:
     return int(snap.meta.get("line", snap.version))
 
 
+def log_offset(snap: Snapshot) -> int:
+    """The event-log offset a snapshot reflects (its model may have counted events from
+    elsewhere too, e.g. an offline build it started from)."""
+    return int(snap.meta.get("log_offset", snap.watermark))
+
+
 class Learner:
     """`learning` is the server's [learning] config section. `directory` (None: nothing is
     persisted) holds the checkpoints and the learner's small state file."""
@@ -91,7 +97,7 @@ class Learner:
         self._wake = threading.Condition(self._lock)
         self._pending_since: float | None = None
         self._rebuild_reason: str | None = None
-        self._rebuild_done: list[Future] = []  # admin calls waiting for the next step's build
+        self._rebuild_done: list[tuple[Future, object]] = []  # admin calls waiting for a step
         self._resume_requested = False
         self._last_full = time.monotonic()
         self._building: int | None = None
@@ -133,7 +139,7 @@ class Learner:
         deadline = time.monotonic() + timeout
         with self._lock:
             self._wake.notify_all()
-            while (self.serving is None or self.serving.watermark < target) and self.pinned is None:
+            while (self.serving is None or log_offset(self.serving) < target) and self.pinned is None:
                 left = deadline - time.monotonic()
                 if left <= 0 or self.state == "failed":
                     return False
@@ -160,7 +166,7 @@ class Learner:
         """Under _lock: block until a trigger fires; False when stopping."""
         cfg = self.learning
         while not self._stop:
-            if self._rebuild_reason or self._resume_requested:
+            if self._rebuild_reason or self._resume_requested or self._rebuild_done:
                 return True
             if self.pinned is None:
                 pending = self.pending()
@@ -212,7 +218,7 @@ class Learner:
             self._apply(self.event_log.read(self._applied, READ_BATCH), score=False)
         with self._lock:
             self.state = "pinned" if self.pinned is not None else "learning"
-        if self.pinned is None and (self.serving is None or self.serving.watermark != self._applied):
+        if self.pinned is None and (self.serving is None or log_offset(self.serving) != self._applied):
             self._full_build("start", gate=False)
 
     # ---- the learner's step ------------------------------------------------------------------
@@ -234,8 +240,11 @@ class Learner:
                     self._publish_incremental()
                 if reason:
                     built = self._full_build(reason, gate=True)
-        for waiter in waiters:
-            waiter.set_result(built)
+        for waiter, then in waiters:
+            try:
+                waiter.set_result(then(built))
+            except Exception as exc:
+                waiter.set_exception(exc)
 
     def _apply(self, events, score: bool) -> None:
         """Count a batch of (offset, event) into the model; first, score it held-out for a
@@ -273,7 +282,8 @@ class Learner:
             snap = self._model.snapshot(version=version, parent=parent, base=base)
         finally:
             self._building = None
-        snap.meta.update(line=line if line is not None else version, newest_event=self._newest_event)
+        snap.meta.update(line=line if line is not None else version, newest_event=self._newest_event,
+                         log_offset=self._applied)
         return snap
 
     def _publish_incremental(self) -> None:
@@ -449,7 +459,7 @@ class Learner:
     @staticmethod
     def _info(snap: Snapshot, state: str, reason: str) -> VersionInfo:
         metrics = {k: float(v) for k, v in snap.meta.items() if isinstance(v, (int, float))}
-        return VersionInfo(snap.version, snap.parent, state, reason, snap.created_at, snap.watermark,
+        return VersionInfo(snap.version, snap.parent, state, reason, snap.created_at, log_offset(snap),
                            snap.n_items, snap.n_links, metrics)
 
     # ---- admin actions -----------------------------------------------------------------------
@@ -462,7 +472,7 @@ class Learner:
                 try:
                     self.checkpoints.get(version)
                 except NotFound:
-                    self._save(snap, None, snap.watermark, SERVING, reason)
+                    self._save(snap, None, log_offset(snap), SERVING, reason)
             self.pinned = version
             self.state = "pinned"
             if self._candidate is not None:
@@ -499,13 +509,17 @@ class Learner:
             raise FailedPrecondition("a rollback pinned the model before the rebuild ran")
         return version
 
-    def _next_step(self, ask, timeout: float, what: str) -> int | None:
+    def digest(self, timeout: float = 60.0) -> str:
+        """`CoVisitModel.digest` of the learner's counts, taken on its thread after a step."""
+        return self._next_step(lambda: None, timeout, "the digest", lambda built: self._model.digest())
+
+    def _next_step(self, ask, timeout: float, what: str, then=lambda built: built):
         """Run `ask()` under _lock (it sets what the step is to do), wake the learner and wait
-        for that step; the version it built, if any."""
+        for that step; returns `then(version the step built, or None)`, run on its thread."""
         waiter: Future = Future()
         with self._lock:
             ask()
-            self._rebuild_done.append(waiter)
+            self._rebuild_done.append((waiter, then))
             self._wake.notify_all()
         try:
             return waiter.result(timeout)
@@ -523,7 +537,7 @@ class Learner:
                                             created_at=self.clock(),
                                             meta={**snap.meta, "line": version, "reason": "proposed"})
             if self.checkpoints is not None:
-                self._save(candidate, None, candidate.watermark, CANDIDATE, "proposed")
+                self._save(candidate, None, log_offset(candidate), CANDIDATE, "proposed")
             if self._candidate is not None:
                 self._retire_candidate("replaced by a newer candidate")
             self._lines[version] = candidate

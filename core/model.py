@@ -9,6 +9,7 @@ just its last `window` items, so a later batch links to them exactly as one batc
 from __future__ import annotations
 
 import logging
+import hashlib
 import math
 import time
 import weakref
@@ -161,6 +162,17 @@ class CoVisitModel:
             self._touched = np.zeros(cap, dtype=np.bool_)
             self._row_stamp = np.concatenate([self._row_stamp,
                                               np.zeros(cap - len(self._row_stamp), dtype=np.int64)])
+
+    def digest(self) -> str:
+        """sha256 of the exact counts with their item names: equal for two models exactly when
+        they counted the same events the same way (incremental updates equal a batch build)."""
+        h = hashlib.sha256()
+        h.update(np.int64(self.n_events).tobytes())
+        for name in self.items.names():
+            h.update(name.encode("utf-8") + b"\0")
+        for array in (self.indptr, self.indices, self.data, self.popularity[:self.n_items]):
+            h.update(np.ascontiguousarray(array).tobytes())
+        return h.hexdigest()
 
     def can_rebase(self, snap: Snapshot) -> bool:
         """Whether `snap` can be the base of an incremental snapshot of this model."""

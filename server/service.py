@@ -136,6 +136,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def GetStatus(self, request, context):
         status = self.engine.status()
+        if request.counts_digest:
+            status["counts_digest"] = self.engine.learner.digest()
         pinned = status["pinned_version"]
         status = status | {"model_version": str(status["model_version"]),
                            "pinned_version": "" if pinned is None else str(pinned),

@@ -112,11 +112,12 @@ def test_admin_responses_convert_every_field():
         config={"k": "10", "decay": "0.5"}, users=7, catalog_items=8, pinned_version="v2", learning="pinned",
         events_pending=9, log_events=12, alerts=[admin_pb2.Alert(kind="auto_rollback", reason="ctr fell",
                                                                  raised_at=1.5)],
-        ab_test=admin_pb2.Experiment(version="v1", fraction=0.25, started_at=2.5), feedback=[feedback])
+        ab_test=admin_pb2.Experiment(version="v1", fraction=0.25, started_at=2.5), feedback=[feedback],
+        counts_digest="ab12")
     assert Status.from_proto(status) == Status(
         "v2", 1, 2, 3, 4.5, 6.5, {"k": "10", "decay": "0.5"}, 7, 8, "v2", "pinned", 9, 12,
         (Alert("auto_rollback", "ctr fell", 1.5),), Experiment("v1", 0.25, 2.5), None,
-        (VersionFeedback("v1", 10, 2, 0.2, 5, 1, 0.2),))
+        (VersionFeedback("v1", 10, 2, 0.2, 5, 1, 0.2),), "ab12")
     version = admin_pb2.ModelVersion(version="v2", parent_version="v1", state=STATE.Value("REJECTED"),
                                      reason="recall fell", created_at=1.5, event_watermark=9, items=10,
                                      links=11, metrics={"recall@10": 0.25})

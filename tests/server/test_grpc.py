@@ -6,6 +6,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from covisit.client import CovisitClient, Event, Item
+from covisit.core.model import CoVisitModel
 from covisit.server.app import create_server
 from covisit.server.config import ConfigError, load_config
 from tests.server.serving import NOW, TOKEN, eventually, start
@@ -242,3 +243,17 @@ def test_a_taken_port_fails_cleanly_and_frees_the_log(tmp_path):
         again.stop(0)  # the log in "second" could be opened again
     finally:
         server.stop(0)
+
+
+def test_counts_digest_equals_a_batch_build_of_the_log(tmp_path):
+    server, port = start(tmp_path)
+    client = CovisitClient(f"127.0.0.1:{port}", timeout=10, admin_token=TOKEN)
+    client.record_events([Event("d", "a", "view", NOW), Event("d", "e", "view", NOW + 1)])
+    eventually(lambda: client.get_status().events_pending == 0)
+    digest = client.get_status(counts_digest=True).counts_digest
+    assert client.get_status().counts_digest == ""  # only when asked
+    model = CoVisitModel(server.engine.model_config)
+    model.update([event for _, event in server.engine.event_log.read(0)])
+    client.close()
+    server.stop(0)
+    assert digest == model.digest()

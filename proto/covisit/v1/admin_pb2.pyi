@@ -8,11 +8,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GetStatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("counts_digest",)
+    COUNTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    counts_digest: bool
+    def __init__(self, counts_digest: _Optional[bool] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("model_version", "items", "links", "events", "uptime_seconds", "freshness_seconds", "config", "users", "catalog_items", "pinned_version", "learning", "events_pending", "log_events", "alerts", "ab_test", "shadow", "feedback")
+    __slots__ = ("model_version", "items", "links", "events", "uptime_seconds", "freshness_seconds", "config", "users", "catalog_items", "pinned_version", "learning", "events_pending", "log_events", "alerts", "ab_test", "shadow", "feedback", "counts_digest")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +39,7 @@ class GetStatusResponse(_message.Message):
     AB_TEST_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     items: int
     links: int
@@ -54,7 +57,8 @@ class GetStatusResponse(_message.Message):
     ab_test: Experiment
     shadow: Experiment
     feedback: _containers.RepeatedCompositeFieldContainer[VersionFeedback]
-    def __init__(self, model_version: _Optional[str] = ..., items: _Optional[int] = ..., links: _Optional[int] = ..., events: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., freshness_seconds: _Optional[float] = ..., config: _Optional[_Mapping[str, str]] = ..., users: _Optional[int] = ..., catalog_items: _Optional[int] = ..., pinned_version: _Optional[str] = ..., learning: _Optional[str] = ..., events_pending: _Optional[int] = ..., log_events: _Optional[int] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., ab_test: _Optional[_Union[Experiment, _Mapping]] = ..., shadow: _Optional[_Union[Experiment, _Mapping]] = ..., feedback: _Optional[_Iterable[_Union[VersionFeedback, _Mapping]]] = ...) -> None: ...
+    counts_digest: str
+    def __init__(self, model_version: _Optional[str] = ..., items: _Optional[int] = ..., links: _Optional[int] = ..., events: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., freshness_seconds: _Optional[float] = ..., config: _Optional[_Mapping[str, str]] = ..., users: _Optional[int] = ..., catalog_items: _Optional[int] = ..., pinned_version: _Optional[str] = ..., learning: _Optional[str] = ..., events_pending: _Optional[int] = ..., log_events: _Optional[int] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., ab_test: _Optional[_Union[Experiment, _Mapping]] = ..., shadow: _Optional[_Union[Experiment, _Mapping]] = ..., feedback: _Optional[_Iterable[_Union[VersionFeedback, _Mapping]]] = ..., counts_digest: _Optional[str] = ...) -> None: ...
 
 class Alert(_message.Message):
     __slots__ = ("kind", "reason", "raised_at")
