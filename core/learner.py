@@ -440,8 +440,9 @@ class Learner:
             for snap in [*self._recent.values(), *self._lines.values()]:
                 out[snap.version] = self._info(snap, AVAILABLE, "")
             if self._candidate is not None:
-                out[self._candidate[0].version] = self._info(self._candidate[0], CANDIDATE,
-                                                             "waiting for the quality gate")
+                snap = self._candidate[0]
+                out[snap.version] = self._info(snap, CANDIDATE, "waiting for the quality gate; built: "
+                                               + str(snap.meta.get("reason", "")))
             for version, reason in experiments.items():
                 if version in out:
                     out[version] = VersionInfo(**{**out[version].__dict__, "state": SHADOW, "reason": reason})

@@ -239,3 +239,36 @@ def test_shadow_scores_off_the_response_path(tmp_path, engines):
     assert stats["mean_overlap"] == pytest.approx(1.0)  # same counts, same answers
     engine.stop_shadow()
     assert engine.metrics()["shadow"] is None
+
+
+def test_old_segments_go_once_kept_checkpoints_cover_them(tmp_path, engines):
+    log = LocalEventLog(tmp_path / "events", segment_bytes=2000)
+    engine = Engine(ModelConfig(), limits=LimitsConfig(), cache=CacheConfig(enabled=False),
+                    history=HistoryConfig(), exploration=ExplorationConfig(rate=0.0),
+                    learning=LearningConfig(gate_enabled=False, checkpoints_kept=2), log=log, data_dir=tmp_path)
+    engine.load(walks(20))
+    for round_ in range(3):
+        engine.record_events(walks(20, start=20 * (round_ + 1)))
+        assert engine.flush()
+        engine.rebuild()
+    kept = engine.learner.checkpoints.list()
+    assert len(kept) == 3  # the newest 2, and the line before the serving one (auto-rollback's target)
+    assert 0 < log.start_offset <= min(c.event_watermark for c in kept)
+    engine.close()
+    log.close()
+    again = engines(tmp_path)  # starts from the newest checkpoint: the deleted events are not needed
+    again.start()
+    assert again.flush() and counts(again) == batch_counts(walks(80))
+
+
+def test_a_ctr_below_the_floor_starts_a_full_rebuild(tmp_path, engines):
+    engine = engines(tmp_path, feedback_window=100, ctr_floor=0.05, auto_rollback=False)
+    engine.load(walks(20))
+    before = len(engine.learner.checkpoints.list())
+    _impressions(engine, 50, click_every=0)  # 100 impressions, no clicks
+    deadline = time.monotonic() + 10
+    while len(engine.learner.checkpoints.list()) == before:
+        assert time.monotonic() < deadline, "no rebuild after the CTR fell below the floor"
+        time.sleep(0.01)
+    newest = engine.version(engine.learner.checkpoints.list()[0].version)
+    assert newest.state == "CANDIDATE" and "below the floor" in newest.reason
