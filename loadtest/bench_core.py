@@ -75,6 +75,44 @@ def bench_build(log, name, config):
     }
 
 
+def bench_incremental(model, log, rounds: int, rate: int, seed: int):
+    """Freshness while events stream in: each round counts one second of new events (`rate`
+    Zipf events, sessions new to the model) and publishes an incremental snapshot, as a serving
+    process does (one build thread). The full snapshot it starts from is timed for comparison."""
+    warm = new_model(model.config, 100)  # compile (or load cached) the incremental kernels
+    for _ in range(2):
+        warm.update_encoded(log.seqs[:50] % 7, log.items[:50] % 100, log.weights[:50], log.times[:50])
+        warm.snapshot(incremental=True)
+    model.threads = 1
+    started = time.perf_counter()
+    full = model.snapshot()
+    full_seconds = time.perf_counter() - started
+    fresh = zipf_log(rounds * rate, log.n_items, seed=seed, exponent=0.8, locality=0.0,
+                     span_seconds=float(rounds))
+    seqs = fresh.seqs + np.int32(log.seqs.max() + 1)
+    times = fresh.times + log.times.max()
+    update_s, snapshot_s, repruned = [], [], []
+    for lo in range(0, rounds * rate, rate):
+        hi = lo + rate
+        started = time.perf_counter()
+        model.update_encoded(seqs[lo:hi], fresh.items[lo:hi], fresh.weights[lo:hi], times[lo:hi])
+        update_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        snap = model.snapshot(incremental=True)
+        snapshot_s.append(time.perf_counter() - started)
+        repruned.append(snap.meta["rows_repruned"])
+    total = np.add(update_s, snapshot_s)
+    return {
+        "bench": "incremental", "items": model.n_items, "exact_links": model.n_links,
+        "serving_links": snap.n_links, "events_per_round": rate, "rounds": rounds, "threads": 1,
+        "full_snapshot_seconds": full_seconds, "full_snapshot_rows": full.meta["rows_repruned"],
+        "update_p50_s": float(np.median(update_s)), "update_max_s": max(update_s),
+        "snapshot_p50_s": float(np.median(snapshot_s)), "snapshot_max_s": max(snapshot_s),
+        "total_p50_s": float(np.median(total)), "total_max_s": float(total.max()),
+        "rows_repruned_p50": float(np.median(repruned)), "update_s": update_s, "snapshot_s": snapshot_s,
+    }
+
+
 def bench_scoring(snap, log, n_requests: int, context: int, seed: int, passes: int):
     """Latency of one `context`-item request: the kernel alone, and the whole Python call.
 
@@ -126,6 +164,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=20_000, help="timed requests per pass")
     parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="timed update + incremental snapshot rounds (1 s of events each)")
+    parser.add_argument("--rate", type=int, default=1000, help="events per incremental round")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json-out", help="also write all results to this JSON file")
     args = parser.parse_args()
@@ -142,12 +183,15 @@ def main() -> None:
     wide = zipf_log(args.events, args.items, seed=args.seed + 1, exponent=0.8, locality=0.0)
     name = "symmetric window (W=5), wide log"
     model, snap, serving = bench_build(wide, name, BUILDS["symmetric window (W=5)"][0])
-    del model
     emit(results, serving)
     scoring = bench_scoring(snap, wide, args.requests, 10, args.seed, args.passes)
     for row in scoring:
         emit(results, row)
-    del wide, snap
+    del snap
+    # After the scoring passes, so that the host has settled after the build's frees.
+    incremental = bench_incremental(model, wide, args.rounds, args.rate, args.seed + 2)
+    emit(results, incremental)
+    del wide, model
     # Build speed on a log with session locality (like real catalogues, pairs repeat).
     log = zipf_log(args.events, args.items, seed=args.seed)
     builds = {}
@@ -172,6 +216,15 @@ def main() -> None:
     print(f"{'serving CSR bytes per link':<58}{serving['serving_csr_bytes_per_link']:>14.2f}{'<= 12':>14}")
     print(f"{'serving snapshot bytes per link (all arrays)':<58}{serving['serving_total_bytes_per_link']:>14.2f}")
     print(f"{'exact-count store bytes per link (float64 counts)':<58}{serving['exact_bytes_per_link']:>14.2f}")
+    inc = incremental
+    print(f"{'full snapshot, 1 thread, s':<58}{inc['full_snapshot_seconds']:>14.2f}")
+    print(f"{'incremental: rows re-pruned per round (p50)':<58}{inc['rows_repruned_p50']:>14,.0f}")
+    label = f"incremental: update of {inc['events_per_round']:,} events, p50 / max s"
+    print(f"{label:<58}{inc['update_p50_s']:>6.3f} /{inc['update_max_s']:>6.3f}")
+    label = "incremental: snapshot(incremental=True), p50 / max s"
+    print(f"{label:<58}{inc['snapshot_p50_s']:>6.3f} /{inc['snapshot_max_s']:>6.3f}")
+    print(f"{'incremental: update + snapshot, p50 / max s':<58}{inc['total_p50_s']:>6.3f} /"
+          f"{inc['total_max_s']:>6.3f}{'< 1':>14}")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(results, f, indent=2)

@@ -101,7 +101,7 @@ def test_rebuild_waits_for_the_gate_and_promote_serves_it(served):
     rebuilt = client.rebuild_model()
     assert rebuilt.state == "CANDIDATE" and rebuilt.build_seconds >= 0
     candidate = client.get_model_version(rebuilt.model_version)
-    assert (candidate.state, candidate.reason) == ("CANDIDATE", "waiting for the quality gate")
+    assert (candidate.state, candidate.reason) == ("CANDIDATE", "waiting for the quality gate; built: requested")
     assert client.get_status().model_version == "1"
 
     assert client.promote_model(rebuilt.model_version) == Promotion(rebuilt.model_version, "1")
