@@ -189,7 +189,7 @@ class CheckpointStore:
         return info
 
     def newest_loadable(self, config: ModelConfig, threads: int | None = None,
-                        skip_states: tuple[str, ...] = (REJECTED,)
+                        skip_states: tuple[str, ...] = (REJECTED,), max_watermark: int | None = None
                         ) -> tuple[CheckpointInfo, Snapshot, CoVisitModel] | None:
         """The newest checkpoint that loads whole with `config`, or None.
 
@@ -201,6 +201,9 @@ class CheckpointStore:
                 info = self.get(version)
                 if info.metrics.get(SNAPSHOT_ONLY):
                     continue  # nothing to learn from
+                if max_watermark is not None and info.event_watermark > max_watermark:
+                    raise SnapshotError(f"it learned {info.event_watermark} events but the log now ends at"
+                                        f" {max_watermark} (a damaged tail was cut)")
                 if info.state in skip_states:
                     raise SnapshotError(f"state {info.state} {info.reason}".rstrip())
                 snapshot = self.load_snapshot(version)  # mmap: cheap, so before the model

@@ -191,7 +191,10 @@ class Learner:
         state = self._read_state()
         self._reserved = state.get("reserved_versions", 0)
         self._next_version = self._reserved + 1
-        found = self.checkpoints.newest_loadable(self.model_config) if self.checkpoints else None
+        # a checkpoint past the log's end counted events a damaged tail took: an older one (or
+        # the whole log) keeps the model equal to what the log holds
+        found = (self.checkpoints.newest_loadable(self.model_config, max_watermark=self.event_log.durable_offset)
+                 if self.checkpoints else None)
         if found is not None:
             info, snap, model = found
             model.threads = 1

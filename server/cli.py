@@ -21,6 +21,7 @@ from covisit.client import CovisitClient
 from covisit.client import Event as ClientEvent
 from covisit.core.config import DISTANCE_MODES, SIMILARITIES, ModelConfig
 from covisit.core.datasets import PRESETS, BadRow, ReadReport, read_events_file, read_preset
+from covisit.core.errors import CovisitError
 from covisit.core.evaluation import CUTOFFS, clean, evaluate, sessions_from_events, temporal_split
 from covisit.core.model import CoVisitModel
 from covisit.core.scoring import SOURCE_NAMES, recommend
@@ -348,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as exc:
         print(f"covisit {name}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
-    except (BadRow, SnapshotError, ValueError, OSError) as exc:
+    except (BadRow, SnapshotError, CovisitError, ValueError, OSError) as exc:
         print(f"covisit {name}: {exc}", file=sys.stderr)
         return 2
 

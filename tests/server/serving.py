@@ -7,6 +7,7 @@ Like ``start`` in test_grpc.py, but the directory is given (so module-scoped fix
 from __future__ import annotations
 
 import csv
+import socket
 import time
 from pathlib import Path
 
@@ -38,6 +39,14 @@ def write_events(path: Path) -> int:
             w.writerow([f"p{s}", "x", "purchase", t, f"p{s}"])
             n += 1
     return n
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a server process, whose CLI does not report the
+    port it bound when given 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start(directory: Path, *, probe_credentials: grpc.ChannelCredentials | None = None,
