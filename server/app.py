@@ -83,11 +83,11 @@ def load_model(config: Config, engine: Engine, on_serving=lambda: None) -> None:
     """Seed the log on the first start, then start learning: the newest checkpoint serves at
     once (on_serving is called then), the log after it is replayed in the background."""
     seed_log(config, engine.event_log)
+    engine.start(on_serving)
     s = config.server
     preset_catalog = CATALOG_PRESETS.get(s.preset)
     if preset_catalog and not s.catalog:  # metadata for the CONTENT fallback of cold items
         engine.catalog.upsert(preset_catalog(s.data))
-    engine.start(on_serving)
 
 
 def _credentials(s) -> grpc.ServerCredentials | None:
