@@ -89,6 +89,7 @@ class Learner:
         self._lines: dict[int, Snapshot] = {}  # full snapshots that head a line, by version
         self._records: OrderedDict[int, tuple[str, str, VersionInfo | None]] = OrderedDict()
         self._candidate: tuple[Snapshot, GateRun] | None = None
+        self._promoted: Snapshot | None = None  # a candidate that passed: the next publish's base
         self._predictions = Predictions(max_context=model_config.max_context)
         self._next_version = 1
         self._reserved = 0
@@ -198,6 +199,7 @@ class Learner:
         if found is not None:
             info, snap, model = found
             model.threads = 1
+            model.adopt(snap)  # saved together: the next publish re-prunes only what changes
             self._model, self._applied = model, info.event_watermark
             self._newest_event = snap.meta.get("newest_event", 0.0)
             with self._lock:
@@ -290,11 +292,15 @@ class Learner:
         return snap
 
     def _publish_incremental(self) -> None:
-        base = self.serving if self.serving is not None and self._model.can_rebase(self.serving) else None
+        with self._lock:
+            promoted, self._promoted = self._promoted, None
+        base = promoted or self.serving
+        if base is not None and not self._model.can_rebase(base):
+            base = None
         snap = self._snapshot(base, line=line_of(base) if base is not None else None)
         with self._lock:
             if self.pinned is None:
-                self._set_serving(snap)
+                self._start_line(snap)
 
     def _full_build(self, reason: str, gate: bool) -> int:
         """Re-prune everything from the exact counts into a checkpoint; it serves at once when
@@ -328,9 +334,9 @@ class Learner:
                 return  # replaced or retired meanwhile
             self._candidate = None
             if decision.passed and self.pinned is None:
-                # the candidate heads a new line; rows counted since it was built are re-pruned
-                # into the next incremental snapshot of that line
-                self._start_line(snap)
+                # the candidate heads a new line, which serves from the next publish: the
+                # candidate plus the rows counted since it was built (it alone would be stale)
+                self._promoted = snap
                 self._set_state(snap.version, SERVING, decision.reason)
                 log.info("gate passed v%d: %s", snap.version, decision.reason)
             else:
@@ -338,9 +344,10 @@ class Learner:
                 log.warning("gate rejected v%d: %s", snap.version, decision.reason)
 
     def _start_line(self, snap: Snapshot) -> None:
-        """Under _lock: `snap` serves and heads the line later incremental snapshots join."""
+        """Under _lock: `snap` serves; when it starts a new line, the old one becomes the
+        previous line (auto-rollback's comparison and target)."""
         old = self.serving
-        if old is not None and line_of(old) != snap.version:
+        if old is not None and line_of(old) != line_of(snap):
             self.previous_line = line_of(old)
             self._set_state(self.previous_line, AVAILABLE)
         self._set_serving(snap)  # later incremental snapshots build on it

@@ -174,6 +174,11 @@ class CoVisitModel:
             h.update(np.ascontiguousarray(array).tobytes())
         return h.hexdigest()
 
+    def adopt(self, snap: Snapshot) -> None:
+        """Declare `snap` a snapshot of the counts as they are now (a checkpoint's snapshot and
+        model, loaded together), so incremental snapshots can build on it."""
+        self._stamps[snap] = self._updates
+
     def can_rebase(self, snap: Snapshot) -> bool:
         """Whether `snap` can be the base of an incremental snapshot of this model."""
         return snap in self._stamps

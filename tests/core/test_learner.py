@@ -272,3 +272,17 @@ def test_a_ctr_below_the_floor_starts_a_full_rebuild(tmp_path, engines):
         time.sleep(0.01)
     newest = engine.version(engine.learner.checkpoints.list()[0].version)
     assert newest.state == "CANDIDATE" and "below the floor" in newest.reason
+
+
+def test_after_a_restart_publishes_build_on_the_checkpoint(tmp_path, engines):
+    first = engines(tmp_path)
+    first.load(walks(30))
+    first.close()
+    first.event_log.close()
+    again = engines(tmp_path)
+    again.start()
+    assert again.flush()
+    again.record_events(walks(2, "xy", start=30))
+    assert again.flush()
+    meta = again.snapshot.meta
+    assert meta["kind"] == "incremental" and meta["rows_repruned"] == 2  # x and y only
