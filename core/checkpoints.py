@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from covisit.core.config import ModelConfig
+from covisit.core.durable import fsync_dir, write_durably
 from covisit.core.errors import NotFound
 from covisit.core.model import CoVisitModel
-from covisit.core.model_state import fsync_dir, load_model, require_config, save_model, write_durably
-from covisit.core.snapshot import Snapshot, SnapshotError
+from covisit.core.model_state import load_model, require_config, save_model
+from covisit.core.snapshot import Snapshot, SnapshotError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,8 @@ class CheckpointInfo:
 
     @classmethod
     def read(cls, file: Path) -> CheckpointInfo:
-        try:
-            meta = json.loads(file.read_text())
-        except FileNotFoundError:
-            raise SnapshotError(f"{file}: missing") from None
-        except (OSError, ValueError) as exc:
-            raise SnapshotError(f"{file}: unreadable ({exc})") from None
-        if not isinstance(meta, dict) or meta.pop("format", None) != FORMAT:
+        meta = read_json(file, f"{file}: missing")
+        if meta.pop("format", None) != FORMAT:
             raise SnapshotError(f"{file}: not a covisit checkpoint")
         if meta.pop("format_version", None) != FORMAT_VERSION:
             raise SnapshotError(f"{file}: format_version is not {FORMAT_VERSION}")

@@ -39,6 +39,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import google_crc32c
 
+from covisit.core.durable import fsync_dir
 from covisit.core.errors import CovisitError
 from covisit.core.events import Event
 
@@ -337,7 +338,7 @@ class LocalEventLog:
                 os.unlink(self._segments.pop(0).path)
                 deleted += 1
             if deleted:
-                _sync_dir(self.directory)
+                fsync_dir(self.directory)
         return deleted
 
     @property
@@ -360,7 +361,7 @@ class LocalEventLog:
         if not bases:
             segment = _Segment(self.directory, 0)
             os.close(os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-            _sync_dir(self.directory)
+            fsync_dir(self.directory)
             return [segment]
         segments: list[_Segment] = []
         for i, base in enumerate(bases):
@@ -426,7 +427,7 @@ class LocalEventLog:
         segment = _Segment(self.directory, old.end)
         self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
                            0o644)
-        _sync_dir(self.directory)
+        fsync_dir(self.directory)
         self._segments.append(segment)
         return segment
 
@@ -514,12 +515,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _sync_dir(directory: Path) -> None:
-    """Make a created or deleted file name durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

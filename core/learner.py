@@ -18,19 +18,19 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from covisit.core import checkpoints as ck
 from covisit.core.config import ModelConfig
+from covisit.core.durable import write_durably
 from covisit.core.errors import FailedPrecondition, NotFound
 from covisit.core.eventlog import EventLog
 from covisit.core.gate import GateRun, Predictions
 from covisit.core.model import CoVisitModel
-from covisit.core.model_state import write_durably
 from covisit.core.snapshot import Snapshot
 
 log = logging.getLogger(__name__)

@@ -11,16 +11,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
 from covisit.core.config import ModelConfig
+from covisit.core.durable import fsync_dir, write_durably
 from covisit.core.interning import IdMap
 from covisit.core.model import CoVisitModel
-from covisit.core.snapshot import SnapshotError
+from covisit.core.snapshot import SnapshotError, read_json
 
 FORMAT = "covisit-model-state"
 FORMAT_VERSION = 1
@@ -45,25 +44,6 @@ ARRAYS = {
 
 class ConfigMismatch(SnapshotError):
     """A saved model counted with other settings than the ones asked for."""
-
-
-def write_durably(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write `path` aside, fsync it and rename it into place (the caller fsyncs the directory)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make renames and deletions inside `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def require_config(saved: ModelConfig, wanted: ModelConfig, where: Path) -> None:
@@ -160,13 +140,8 @@ def load_model(directory: str | os.PathLike, config: ModelConfig,
 
 
 def _read_state(state_path: Path) -> dict:
-    try:
-        state = json.loads(state_path.read_text())
-    except FileNotFoundError:
-        raise SnapshotError(f"{state_path.parent}: no {STATE_FILE}; not a saved covisit model") from None
-    except (OSError, ValueError) as exc:
-        raise SnapshotError(f"{state_path}: unreadable ({exc})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    state = read_json(state_path, f"{state_path.parent}: no {STATE_FILE}; not a saved covisit model")
+    if state.get("format") != FORMAT:
         raise SnapshotError(f"{state_path}: not a saved covisit model")
     if state.get("format_version") != FORMAT_VERSION:
         raise SnapshotError(f"{state_path}: format_version {state.get('format_version')!r} "

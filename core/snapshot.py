@@ -38,6 +38,20 @@ class SnapshotError(ValueError):
     """A directory that is not a readable covisit snapshot."""
 
 
+def read_json(path: Path, missing: str) -> dict:
+    """The JSON object in `path`; SnapshotError(`missing`) if there is no such file, and a
+    SnapshotError naming the file if it does not hold a JSON object."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SnapshotError(missing) from None
+    except (OSError, ValueError) as exc:
+        raise SnapshotError(f"{path}: unreadable metadata ({exc})") from None
+    if not isinstance(value, dict):
+        raise SnapshotError(f"{path}: not a JSON object")
+    return value
+
+
 @dataclass(frozen=True, eq=False)
 class Snapshot:
     version: int
@@ -109,15 +123,9 @@ class Snapshot:
     def load(cls, directory: str | os.PathLike, mmap: bool = True) -> Snapshot:
         path = Path(directory)
         meta_path = path / METADATA_FILE
-        try:
-            meta = json.loads(meta_path.read_text())
-        except FileNotFoundError:
-            raise SnapshotError(f"{path}: no {METADATA_FILE}; not a covisit snapshot") from None
-        except (OSError, ValueError) as exc:
-            raise SnapshotError(f"{meta_path}: unreadable metadata ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise SnapshotError(f"{meta_path}: not a covisit snapshot (format {meta.get('format')!r})"
-                                if isinstance(meta, dict) else f"{meta_path}: not a JSON object")
+        meta = read_json(meta_path, f"{path}: no {METADATA_FILE}; not a covisit snapshot")
+        if meta.get("format") != FORMAT:
+            raise SnapshotError(f"{meta_path}: not a covisit snapshot (format {meta.get('format')!r})")
         if meta.get("format_version") != FORMAT_VERSION:
             raise SnapshotError(f"{meta_path}: format_version {meta.get('format_version')!r} "
                                 f"is not supported (expected {FORMAT_VERSION})")

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from covisit.server.app import create_server
+from covisit.server.cli import main
 from covisit.server.config import load_config
 
 TOKEN = "s3cret-admin-token"
@@ -98,3 +99,15 @@ def eventually(probe, timeout: float = 10.0, interval: float = 0.02):
         assert time.monotonic() < deadline, f"{probe} stayed falsy for {timeout}s"
         time.sleep(interval)
     return result
+
+
+def run(capsys, *argv):
+    """`covisit` main(argv) -> (exit code, stdout lines, stderr)."""
+    code = main(["-q", *argv])
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err
+
+
+def fields(lines):
+    """"name=value" output lines as a dict."""
+    return dict(line.split("=", 1) for line in lines)

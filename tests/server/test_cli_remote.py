@@ -7,7 +7,7 @@ import pytest
 from covisit.client import CovisitClient
 from covisit.server.cli import main
 from covisit.server.config import ADMIN_TOKEN_ENV
-from tests.server.serving import NOW, TOKEN, eventually, start
+from tests.server.serving import NOW, TOKEN, eventually, fields, run, start
 from tests.server.test_tls import mtls_server, pki  # noqa: F401 (fixtures)
 
 
@@ -17,17 +17,6 @@ def target(tmp_path, monkeypatch):
     server, port = start(tmp_path)
     yield f"127.0.0.1:{port}"
     server.stop(0)
-
-
-def run(capsys, *argv):
-    """main(argv) -> (exit code, stdout lines, stderr)."""
-    code = main(["-q", *argv])
-    out, err = capsys.readouterr()
-    return code, out.splitlines(), err
-
-
-def fields(lines):
-    return dict(line.split("=", 1) for line in lines)
 
 
 def test_recommend_asks_the_server(target, capsys):

@@ -13,7 +13,7 @@ import pytest
 from covisit.client import CovisitClient, Event, Experiment, Promotion, Rollback
 from covisit.server.cli import main
 from covisit.server.config import ADMIN_TOKEN_ENV
-from tests.server.serving import NOW, TOKEN, start
+from tests.server.serving import NOW, TOKEN, fields, run, start
 
 START_EVENTS = 60 * 4 + 20 + 100  # what tests.server.serving.write_events writes
 LEARN_DELAY = 0.1  # learning.max_delay_seconds of these servers
@@ -187,15 +187,6 @@ def test_bad_versions_fractions_and_states(served):
 
 # ---- `covisit admin` ---------------------------------------------------------------------------
 
-def run(capsys, *argv):
-    """main(argv) -> (exit code, stdout lines, stderr)."""
-    code = main(["-q", *argv])
-    out, err = capsys.readouterr()
-    return code, out.splitlines(), err
-
-
-def fields(lines):
-    return dict(line.split("=", 1) for line in lines)
 
 
 def test_admin_learning_and_experiment_actions(served, capsys, monkeypatch):
