@@ -179,15 +179,19 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
 
 def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    server, _ = create_server(config)
-    stopped = threading.Event()
+    stopping = threading.Event()
 
-    def stop(signum, frame) -> None:
+    def on_signal(signum, frame) -> None:
+        # only flag it: a handler that stopped the server itself would run again, nested inside
+        # the first stop, on a repeated signal and deadlock in grpc's shutdown
         log.info("signal %d: stopping (grace %.1fs)", signum, config.server.grace_seconds)
-        server.stop(config.server.grace_seconds)
-        stopped.set()
+        stopping.set()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while not stopped.wait(0.5):  # wake up now and then so signals are handled promptly
+    signal.signal(signal.SIGTERM, on_signal)  # before the server starts: it may serve at once
+    signal.signal(signal.SIGINT, on_signal)
+    server, _ = create_server(config)
+    while not stopping.wait(0.5):  # wake up now and then so signals are handled promptly
         pass
+    server.stop(config.server.grace_seconds)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stopped: a late signal must not kill the exit
+        signal.signal(sig, signal.SIG_IGN)

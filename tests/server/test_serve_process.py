@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -10,13 +9,7 @@ import time
 import pytest
 
 from covisit.client import CovisitClient, Event
-from tests.server.serving import TOKEN, wait_serving, write_events
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.server.serving import TOKEN, free_port, wait_serving, write_events
 
 
 def serve(tmp_path, *flags):
@@ -75,6 +68,21 @@ def test_acknowledged_events_survive_kill_9(tmp_path):
                 assert time.monotonic() < deadline, "the recorded events never came back"
                 time.sleep(0.1)
             assert client.recommend_items(["y"], k=1).items[0].item_id == "z"
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_repeated_sigterm_still_stops_the_server(tmp_path):
+    """An impatient operator (or a supervisor) signals again while the server is stopping."""
+    port = free_port()
+    proc = serve(tmp_path, "--port", str(port))
+    try:
+        wait_serving(f"127.0.0.1:{port}")
+        for _ in range(5):
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.01)
+        assert proc.wait(timeout=30) == 0
     finally:
         proc.kill()
         proc.communicate()
