@@ -34,7 +34,9 @@ from covisit.core.model import CoVisitModel
 from covisit.core.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
-KEPT_VERSIONS = 10  # recent incremental snapshots kept in memory (rollback targets)
+# Recent incremental snapshots kept in memory as rollback targets, besides line heads and
+# checkpoints: each holds its own serving arrays (0.3 GB at 1M items), so few.
+KEPT_VERSIONS = 3
 KEPT_RECORDS = 200  # states of versions no longer kept (RETIRED, REJECTED), for reports
 READ_BATCH = 100_000  # events read from the log per model update
 VERSION_BLOCK = 1000  # version numbers reserved on disk at a time, so they never repeat
@@ -190,7 +192,8 @@ class Learner:
     def _load(self) -> None:
         """Newest good checkpoint (serving at once), then the log after its watermark."""
         state = self._read_state()
-        self._reserved = state.get("reserved_versions", 0)
+        on_disk = max((c.version for c in self.checkpoints.list()), default=0) if self.checkpoints else 0
+        self._reserved = max(state.get("reserved_versions", 0), on_disk)  # e.g. checkpoints restored
         self._next_version = self._reserved + 1
         # a checkpoint past the log's end counted events a damaged tail took: an older one (or
         # the whole log) keeps the model equal to what the log holds

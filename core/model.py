@@ -9,6 +9,7 @@ just its last `window` items, so a later batch links to them exactly as one batc
 from __future__ import annotations
 
 import logging
+import contextlib
 import hashlib
 import math
 import time
@@ -71,6 +72,9 @@ class CoVisitModel:
     def update(self, events: Sequence[Event]) -> int:
         """Validate, intern and count a batch of events (log order). Returns the pairs added."""
         check_events(events, self.config.event_weights)
+        if len(self.sequences) < self._n_sequences:
+            raise ValueError("this model counted unnamed sequence ids (update_encoded); named "
+                             "events would share their state")
         n = len(events)
         seqs = np.empty(n, dtype=np.int32)
         items = np.empty(n, dtype=np.int32)
@@ -125,12 +129,13 @@ class CoVisitModel:
         if half_life > 0:
             self._rebase_decay(float(times.min()), float(times.max()))
         k = self._n_sequences
-        self.indptr, self.indices, self.data, n_pairs = kb.add_events(
-            self.indptr, self.indices, self.data, n_items, seqs, items, weights, times,
-            self._hist_items[:k], self._hist_w[:k], self._hist_n[:k], self._last_time[:k],
-            self._uses_gap[:k], float(cfg.backward), DISTANCE_MODES[cfg.distance],
-            float(cfg.session_gap), half_life, float(self.anchor or 0.0), self.popularity,
-            self._touched, self.threads)
+        with self._numba_threads():
+            self.indptr, self.indices, self.data, n_pairs = kb.add_events(
+                self.indptr, self.indices, self.data, n_items, seqs, items, weights, times,
+                self._hist_items[:k], self._hist_w[:k], self._hist_n[:k], self._last_time[:k],
+                self._uses_gap[:k], float(cfg.backward), DISTANCE_MODES[cfg.distance],
+                float(cfg.session_gap), half_life, float(self.anchor or 0.0), self.popularity,
+                self._touched, self.threads)
         self._updates += 1
         self._row_stamp[:n_items][self._touched[:n_items]] = self._updates
         self.n_events += n
@@ -173,6 +178,17 @@ class CoVisitModel:
         for array in (self.indptr, self.indices, self.data, self.popularity[:self.n_items]):
             h.update(np.ascontiguousarray(array).tobytes())
         return h.hexdigest()
+
+    @contextlib.contextmanager
+    def _numba_threads(self):
+        """Run parallel kernels on `self.threads` threads (this calling thread only): more would
+        also leave idle workers spinning on the cores requests need."""
+        previous = numba.get_num_threads()
+        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            yield
+        finally:
+            numba.set_num_threads(previous)
 
     def adopt(self, snap: Snapshot) -> None:
         """Declare `snap` a snapshot of the counts as they are now (a checkpoint's snapshot and
@@ -247,13 +263,9 @@ class CoVisitModel:
             col_sum, total = np.empty(0, dtype=np.float64), 0.0
         else:
             _, col_sum, total = kb.row_col_sums(indptr, self.indices, self.data, n)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # this thread only
-        try:
+        with self._numba_threads():
             csr = kb.prune_rows(indptr, self.indices, self.data, rows, col_sum, total, rank, method,
                                 cfg.top_n)
-        finally:
-            numba.set_num_threads(previous)
         if base is not None:
             csr = _splice(base, n, rows, *csr)
         seconds = time.perf_counter() - started

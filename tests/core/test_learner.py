@@ -286,3 +286,17 @@ def test_after_a_restart_publishes_build_on_the_checkpoint(tmp_path, engines):
     assert again.flush()
     meta = again.snapshot.meta
     assert meta["kind"] == "incremental" and meta["rows_repruned"] == 2  # x and y only
+
+
+def test_versions_continue_after_checkpoints_restored_without_the_state_file(tmp_path, engines):
+    first = engines(tmp_path)
+    first.load(walks(10))
+    newest = first.learner.checkpoints.list()[0].version
+    first.close()
+    first.event_log.close()
+    (tmp_path / "learner.json").unlink()  # e.g. only the checkpoints came back from a backup
+    again = engines(tmp_path)
+    again.start()
+    again.record_events(walks(2, start=10))
+    assert again.flush() and again.snapshot.version > newest
+    assert again.rebuild().version > newest  # a full build saves a checkpoint under a new number
