@@ -34,6 +34,7 @@ eval: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python loadtest/bench_core.py
 	$(BIN)/python loadtest/bench_grpc.py
+	$(BIN)/python loadtest/bench_freshness.py
 
 # Regenerate covisit.v1 from proto/covisit/v1/*.proto (the generated files are committed).
 proto: $(STAMP)

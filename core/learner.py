@@ -103,6 +103,7 @@ class Learner:
         self._rebuild_done: list[tuple[Future, object]] = []  # admin calls waiting for a step
         self._resume_requested = False
         self._last_full = time.monotonic()
+        self._last_step = 0.0  # when the last step started (publishes are spaced from it)
         self._building: int | None = None
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -174,7 +175,11 @@ class Learner:
             if self.pinned is None:
                 pending = self.pending()
                 if pending >= cfg.min_events:
-                    return True
+                    rest = cfg.min_publish_interval_seconds - (time.monotonic() - self._last_step)
+                    if rest <= 0:
+                        return True
+                    self._wake.wait(rest)  # a burst of writes: coalesce into fewer publishes
+                    continue
                 if time.monotonic() - self._last_full >= cfg.full_rebuild_seconds:
                     self._rebuild_reason = "periodic"
                     return True
@@ -231,6 +236,7 @@ class Learner:
 
     # ---- the learner's step ------------------------------------------------------------------
     def _step(self) -> None:
+        self._last_step = time.monotonic()
         with self._lock:  # the requests this step answers: later ones wait for the next step
             resume, self._resume_requested = self._resume_requested, False
             reason, self._rebuild_reason = self._rebuild_reason, None

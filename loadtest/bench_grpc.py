@@ -64,9 +64,14 @@ def invoice_contexts(path: Path, n: int, seed: int) -> list[list[str]]:
     del report, by_invoice
     rng = random.Random(seed)
     rng.shuffle(invoices)
+    return cut_contexts(invoices, n, rng)
+
+
+def cut_contexts(sessions: list[list[str]], n: int, rng: random.Random) -> list[list[str]]:
+    """`n` contexts of 1-10 items, each a contiguous run of one session (cycled)."""
     out = []
     for q in range(n):
-        items = invoices[q % len(invoices)]
+        items = sessions[q % len(sessions)]
         length = min(rng.randint(1, 10), len(items))
         start = rng.randint(0, len(items) - length)
         out.append(items[start: start + length])
@@ -81,16 +86,20 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "covisit.server.cli", "serve", *self.flags("online-retail", str(DATA))]
+
+    def flags(self, preset: str, data: str) -> list[str]:
+        return ["--host", HOST, "--port", str(self.port), "--preset", preset, "--data", data,
+                "--data-dir", str(self.data_dir), "--insecure-admin"]
+
     def start(self) -> None:
         self.port = free_port()
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("COVISIT_")}
         child_env.update(self.env)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "covisit.server.cli", "serve", "--host", HOST,
-                 "--port", str(self.port), "--preset", "online-retail", "--data", str(DATA),
-                 "--data-dir", str(self.data_dir), "--insecure-admin"],
-                cwd=ROOT, env=child_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=child_env, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT)
 
     def wait_serving(self, timeout: float, attempts: int = 3) -> float:
         """Seconds until health reports SERVING; raises if the server dies or `timeout` passes.

@@ -184,8 +184,11 @@ FSYNC_POLICIES = ("always", "interval")
 class LearningConfig(_Section):
     # Publish a new serving snapshot once this many logged events wait to be learned ...
     min_events: int = 50
-    # ... or once the oldest of them has waited this long.
+    # ... or once the oldest of them has waited this long ...
     max_delay_seconds: float = 1.0
+    # ... but no sooner than this after the last publish began: under heavy writes, fewer and
+    # larger publishes leave the cores to requests (freshness stays within this plus a build).
+    min_publish_interval_seconds: float = 0.2
     # Re-prune the whole model from its exact counts and checkpoint it this often.
     full_rebuild_seconds: float = 3600.0
     # A full rebuild also starts when the serving line's CTR over its window falls below this.
@@ -217,6 +220,8 @@ class LearningConfig(_Section):
             *((name, _num(getattr(self, name)) and getattr(self, name) > 0, "seconds > 0") for name in
               ("max_delay_seconds", "full_rebuild_seconds")),
             ("fsync_interval_ms", _num(self.fsync_interval_ms) and self.fsync_interval_ms > 0, "milliseconds > 0"),
+            ("min_publish_interval_seconds", _num(self.min_publish_interval_seconds)
+             and self.min_publish_interval_seconds >= 0, "seconds >= 0"),
             ("fsync", self.fsync in FSYNC_POLICIES, f"one of {list(FSYNC_POLICIES)}"),
             *((name, share(getattr(self, name)), "a number in [0, 1]") for name in
               ("ctr_floor", "gate_tolerance", "auto_rollback_drop")),

@@ -133,7 +133,7 @@ def served_at_some_moment(history: list[tuple[float, int]], call: Call) -> bool:
 
 
 def test_swaps_under_load_fail_no_request_and_serve_only_serving_versions(tmp_path):
-    server, port = start(tmp_path, **{"learning.min_events": 1, "learning.max_delay_seconds": 0.01,
+    server, port = start(tmp_path, **{"learning.min_events": 1, "learning.max_delay_seconds": 0.01, "learning.min_publish_interval_seconds": 0.0,
                                       "server.max_workers": 8})
     target = f"127.0.0.1:{port}"
     learner = server.engine.learner
