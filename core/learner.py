@@ -360,6 +360,11 @@ class Learner:
             self.previous_line = line_of(old)
             self._set_state(self.previous_line, AVAILABLE)
         self._set_serving(snap)  # later incremental snapshots build on it
+        # line heads still needed in memory; older ones are checkpoints, loaded again if asked for
+        needed = {line_of(snap), self.previous_line, self.pinned,
+                  self._candidate[0].version if self._candidate else None}
+        for version in [v for v in self._lines if v not in needed]:
+            del self._lines[version]
 
     # ---- versions ----------------------------------------------------------------------------
     def _set_serving(self, snap: Snapshot) -> None:
