@@ -122,7 +122,7 @@ class Engine:
         checkpoint serves at once, the log after it is replayed in the background."""
         self.learner.on_serving = on_serving
         durable = self.event_log.durable_offset
-        first = max(getattr(self.event_log, "start_offset", 0), durable - HISTORY_REPLAY_EVENTS)
+        first = max(self.event_log.start_offset, durable - HISTORY_REPLAY_EVENTS)
         for _, ev in self.event_log.read(first):
             self._remember(ev)
             self._newest_logged = max(self._newest_logged, ev.timestamp)

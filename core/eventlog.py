@@ -88,6 +88,16 @@ class EventLog(Protocol):
         """Events [0, durable_offset) are durable."""
         ...
 
+    @property
+    def start_offset(self) -> int:
+        """The first offset still readable (older events were deleted once checkpoints covered them)."""
+        ...
+
+    def delete_before(self, offset: int) -> int:
+        """Delete what lies wholly before `offset`, as far as the log's storage allows; return
+        how many pieces (segments) went."""
+        ...
+
     def close(self) -> None:
         """Make everything appended durable and release the log."""
         ...

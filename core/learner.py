@@ -215,7 +215,7 @@ class Learner:
                 self._set_serving(snap)
             log.info("serving checkpoint v%d (log offset %d); replaying the log after it",
                      snap.version, self._applied)
-        elif getattr(self.event_log, "start_offset", 0) > 0:
+        elif self.event_log.start_offset > 0:
             raise FailedPrecondition("the event log's first events were deleted and no checkpoint"
                                      " covers them; restore the checkpoints directory")
         pinned = state.get("pinned")
