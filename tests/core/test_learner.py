@@ -2,6 +2,7 @@
 rollback and resume, A/B and shadow attribution, auto-rollback. Real files, real threads."""
 
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -300,3 +301,11 @@ def test_versions_continue_after_checkpoints_restored_without_the_state_file(tmp
     again.record_events(walks(2, start=10))
     assert again.flush() and again.snapshot.version > newest
     assert again.rebuild().version > newest  # a full build saves a checkpoint under a new number
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling classes only")
+def test_the_learner_thread_runs_at_idle_priority(engines):
+    engine = engines()
+    engine.load(walks(5))
+    assert os.sched_getscheduler(engine.learner._thread.native_id) == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # only the learner: request threads keep theirs
