@@ -194,7 +194,9 @@ class Engine:
 
     def resume_learning(self) -> tuple[int, int]:
         """(serving version, events learned that waited during the pin)."""
-        return self.learner.resume()
+        resumed = self.learner.resume()
+        self.alerts.pop("auto_rollback", None)  # the operator has acted on it
+        return resumed
 
     def promote(self, version: int) -> tuple[int, int]:
         self.experiments.forget(version)
@@ -396,8 +398,6 @@ class Engine:
         snap = self.snapshot
         learner = self.learner
         now = self.clock()
-        if learner.pinned is None:
-            self.alerts.pop("auto_rollback", None)  # resumed: the operator has acted
         return {"model_version": snap.version, "items": snap.n_items, "links": snap.n_links,
                 "events": snap.watermark, "uptime_seconds": now - self.started,
                 "freshness_seconds": max(0.0, now - learner.newest_event) if learner.newest_event else 0.0,

@@ -195,6 +195,8 @@ def test_a_ctr_collapse_rolls_back_to_the_previous_line(tmp_path, engines):
     assert engine.counters["auto_rollbacks"] == 1
     feedback = {f["version"]: f for f in status["feedback"]}
     assert feedback[first]["window_clicks"] == 34 and feedback[second]["window_clicks"] == 5
+    engine.resume_learning()  # the operator acts: the alert clears
+    assert engine.status()["alerts"] == []
 
 
 def test_ab_arm_serves_its_share_and_gets_its_clicks(tmp_path, engines):
