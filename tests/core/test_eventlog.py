@@ -352,7 +352,12 @@ def test_kill_9_loses_no_acknowledged_event(tmp_path):
                 assert line.endswith("\n"), proc.stderr.read()
                 acked = max(acked, int(line))
             proc.send_signal(signal.SIGKILL)
-            out, _ = proc.communicate()
+            # read through proc.stdout, not communicate(): that reads the raw pipe and would miss
+            # acks readline() has already buffered ahead
+            out = proc.stdout.read()
+            proc.wait()
+            proc.stderr.close()
+            proc.stdout.close()
         finally:
             watchdog.cancel()
         assert proc.returncode == -signal.SIGKILL
