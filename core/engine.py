@@ -93,7 +93,7 @@ class Engine:
         self._history = LruMap(history.max_users)
         self._max_user_items = history.max_items_per_user
         self._cache = LruMap(cache.max_entries)
-        self._shown = LruMap(100_000)  # request id -> (line, items shown), for clicks
+        self._shown = LruMap(100_000)  # request id -> the line that answered it, for feedback
         self._random = random.Random(exploration.seed)
         self._random_lock = threading.Lock()
         self.counters = {"recommend_requests": 0, "cache_hits": 0, "events_accepted": 0,
@@ -248,8 +248,8 @@ class Engine:
                 self._cache.put(key, (self.clock(), items))
         items = self._explore(snap, items, context, exclude_items, allowed_items, categories)
         request_id = uuid.uuid4().hex
-        self._shown.put(request_id, (line_of(snap), frozenset(i.item_id for i in items)))
-        if snap is serving:
+        self._shown.put(request_id, line_of(snap))
+        if snap is serving and self.experiments.shadowing:
             self.experiments.maybe_shadow(
                 [i.item_id for i in items],
                 lambda shadow: [i.item_id for i in self._score(shadow, context, k, exclude_items,
@@ -353,10 +353,10 @@ class Engine:
 
     def _shown_line(self, request_id: str) -> int:
         check_id("request_id", request_id)
-        shown = self._shown.get(request_id)
-        if shown is None:
+        line = self._shown.get(request_id)
+        if line is None:
             raise NotFound(f"request_id {request_id!r} is unknown (or too old)")
-        return shown[0]
+        return line
 
     def _watch_ctr(self) -> None:
         """Auto-rollback when the serving line's window CTR falls well below the previous
@@ -400,7 +400,7 @@ class Engine:
         now = self.clock()
         return {"model_version": snap.version, "items": snap.n_items, "links": snap.n_links,
                 "events": snap.watermark, "uptime_seconds": now - self.started,
-                "freshness_seconds": max(0.0, now - learner.newest_event) if learner.newest_event else 0.0,
+                "freshness_seconds": max(0.0, now - newest) if (newest := snap.meta.get("newest_event")) else 0.0,
                 "users": len(self._history), "catalog_items": len(self.catalog),
                 "pinned_version": learner.pinned, "learning": learner.state,
                 "events_pending": learner.pending(), "log_events": self.event_log.durable_offset,

@@ -85,6 +85,10 @@ class Experiments:
         with self._lock:
             self._shadow = None
 
+    @property
+    def shadowing(self) -> bool:
+        return self._shadow is not None
+
     def maybe_shadow(self, served: list[str], score) -> None:
         """On a sampled share of requests, later: `score(shadow_snapshot)` -> item ids, and
         the share of `served` it also returned."""

@@ -95,7 +95,7 @@ class Learner:
         self.error = ""  # why the learner stopped, when it failed
         self.previous_line: int | None = None  # the line that served before the serving one
         self.publishes = 0
-        self.serving_history: deque[tuple[float, int]] = deque(maxlen=100_000)  # (monotonic, version)
+        self.serving_history: deque[tuple[float, int]] = deque(maxlen=10_000)  # (monotonic, version)
         self._model = CoVisitModel(model_config, threads=1)  # serving shares the cores
         self._applied = 0  # log offset the model reflects
         self._newest_event = 0.0  # timestamp of the newest event the model reflects
@@ -148,10 +148,10 @@ class Learner:
     def pending(self) -> int:
         return max(0, self.event_log.durable_offset - self._applied)
 
-    def wait_learned(self, offset: int | None = None, timeout: float = 30.0) -> bool:
-        """Wait until the serving model reflects the log up to `offset` (default: its end now);
-        False on timeout, or at once when pinned."""
-        target = self.event_log.durable_offset if offset is None else offset
+    def wait_learned(self, timeout: float = 30.0) -> bool:
+        """Wait until the serving model reflects the log as it ends now; False on timeout, or
+        at once when pinned."""
+        target = self.event_log.durable_offset
         deadline = time.monotonic() + timeout
         with self._lock:
             self._wake.notify_all()
@@ -622,11 +622,3 @@ class Learner:
             text = json.dumps({"reserved_versions": self._reserved, "pinned": self.pinned}).encode()
             write_durably(self.directory / "learner.json", lambda f: f.write(text))
 
-    # ---- reports -----------------------------------------------------------------------------
-    @property
-    def applied(self) -> int:
-        return self._applied
-
-    @property
-    def newest_event(self) -> float:
-        return self._newest_event
