@@ -79,6 +79,10 @@ def log_offset(snap: Snapshot) -> int:
     return int(snap.meta.get("log_offset", snap.watermark))
 
 
+def _candidate_reason(snap: Snapshot) -> str:
+    return "waiting for the quality gate; built: " + str(snap.meta.get("reason", ""))
+
+
 class Learner:
     """`learning` is the server's [learning] config section. `directory` (None: nothing is
     persisted) holds the checkpoints and the learner's small state file."""
@@ -332,7 +336,8 @@ class Learner:
         snap.meta.update(reason=reason)
         self._last_full = time.monotonic()
         gate = gate and self.learning.gate_enabled and self.serving is not None
-        self._checkpoint(snap, CANDIDATE if gate else SERVING)
+        # the file carries the reason too: versions() may read it before _candidate is set
+        self._checkpoint(snap, CANDIDATE if gate else SERVING, _candidate_reason(snap) if gate else "")
         with self._lock:
             self._lines[snap.version] = snap
             if gate:
@@ -422,11 +427,11 @@ class Learner:
         self._record(snap.version, RETIRED, reason, snap)
         self._set_state(snap.version, RETIRED, reason)
 
-    def _checkpoint(self, snap: Snapshot, state: str) -> None:
+    def _checkpoint(self, snap: Snapshot, state: str, reason: str = "") -> None:
         if self.checkpoints is None:
             return
         started = time.perf_counter()
-        self._save(snap, self._model, self._applied, state)
+        self._save(snap, self._model, self._applied, state, reason)
         with self._lock:
             protect = {v for v in (self.pinned, self.previous_line,
                                    line_of(self.serving) if self.serving else None) if v is not None}
@@ -478,8 +483,7 @@ class Learner:
                 out[snap.version] = self._info(snap, AVAILABLE, "")
             if self._candidate is not None:
                 snap = self._candidate[0]
-                out[snap.version] = self._info(snap, CANDIDATE, "waiting for the quality gate; built: "
-                                               + str(snap.meta.get("reason", "")))
+                out[snap.version] = self._info(snap, CANDIDATE, _candidate_reason(snap))
             for version, reason in experiments.items():
                 if version in out:
                     out[version] = VersionInfo(**{**out[version].__dict__, "state": SHADOW, "reason": reason})
