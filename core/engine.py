@@ -289,7 +289,7 @@ class Engine:
     def _content_fill(self, snap, items, context, k, exclude, allowed) -> list[Scored]:
         """Replace popularity fill with catalog neighbours of context items the model
         cannot link (unknown to it, or without co-visitation)."""
-        cold = [c for c in context if (i := snap.items.get(c)) < 0 or snap.indptr[i] == snap.indptr[i + 1]]
+        cold = [c for c in context if (i := snap.items.get(c)) < 0 or snap.starts[i] == snap.ends[i]]
         if not cold or all(s.source != kt.SOURCE_POPULARITY for s in items):
             return items
         kept = [s for s in items if s.source != kt.SOURCE_POPULARITY]

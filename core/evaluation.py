@@ -212,9 +212,9 @@ def rank_covisit(split: Split, tasks: Tasks, k: int, config: ModelConfig, batch:
     keys, vals, slots = new_scratch(scratch_size(snap, config.max_context, config.max_context))
     for lo in tqdm(range(0, n_q, batch), desc="rank", unit="batch", disable=not progress):
         hi = min(lo + batch, n_q)
-        kt.recommend_batch(snap.indptr, snap.indices, snap.scores, snap.rank, snap.fill_order,
-                           tasks.ctx_indptr[lo: hi + 1], tasks.ctx_items, config.max_context,
-                           config.recency, config.exclude_context, keys, vals, slots,
+        kt.recommend_batch(snap.starts, snap.ends, snap.indices, snap.scores, snap.rank,
+                           snap.fill_order, tasks.ctx_indptr[lo: hi + 1], tasks.ctx_items,
+                           config.max_context, config.recency, config.exclude_context, keys, vals, slots,
                            out_items[lo:hi], out_scores[lo:hi], out_sources[lo:hi], out_n[lo:hi])
     return out_items
 

@@ -387,32 +387,45 @@ def prune_rows(indptr, indices, data, rows, col_sum, total, rank, method, top_n)
 
 
 @njit(nogil=True, cache=True)
-def splice_rows(old_indptr, old_indices, old_scores, rows, new_indptr, new_indices, new_scores,
-                out_indptr, out_indices, out_scores):
-    """Fill the `out_*` CSR: rows in `rows` (ascending) from the `new_*` CSR (its k-th row is
-    rows[k]), every other row from the `old_*` CSR. The output may have more rows than the old
-    one; each row past the old ones must be in `rows`. Runs of old rows move as one block each."""
-    n_rows = out_indptr.shape[0] - 1
-    out_indptr[0] = 0
+def splice_rows(old_starts, old_ends, old_indices, old_scores, rows, new_indptr, new_indices,
+                new_scores, out_indptr, out_indices, out_scores):
+    """Fill the compact `out_*` CSR: rows in `rows` (ascending) from the `new_*` CSR (its k-th
+    row is rows[k]), every other row from the old rows (row r at old_starts[r]:old_ends[r]).
+    The output may have more rows than the old ones; each row past them must be in `rows`.
+    `out_indices` / `out_scores` may be longer than the rows need (room for later appends)."""
     out = 0
-    r = 0
-    for k in range(rows.shape[0] + 1):
-        end = rows[k] if k < rows.shape[0] else n_rows
-        if r < end:  # rows r..end-1 keep their old content, shifted by `shift`
-            lo, hi = old_indptr[r], old_indptr[end]
-            out_indices[out:out + hi - lo] = old_indices[lo:hi]
-            out_scores[out:out + hi - lo] = old_scores[lo:hi]
-            shift = out - lo
-            for q in range(r + 1, end + 1):
-                out_indptr[q] = old_indptr[q] + shift
-            out += hi - lo
-        if k < rows.shape[0]:
+    k = 0
+    out_indptr[0] = 0
+    for r in range(out_indptr.shape[0] - 1):
+        if k < rows.shape[0] and rows[k] == r:
             lo, hi = new_indptr[k], new_indptr[k + 1]
             out_indices[out:out + hi - lo] = new_indices[lo:hi]
             out_scores[out:out + hi - lo] = new_scores[lo:hi]
-            out += hi - lo
-            out_indptr[end + 1] = out
-            r = end + 1
+            k += 1
+        else:
+            lo, hi = old_starts[r], old_ends[r]
+            out_indices[out:out + hi - lo] = old_indices[lo:hi]
+            out_scores[out:out + hi - lo] = old_scores[lo:hi]
+        out += hi - lo
+        out_indptr[r + 1] = out
+
+
+@njit(nogil=True, cache=True)
+def append_rows(old_starts, old_ends, rows, new_indptr, new_indices, new_scores, pool_indices,
+                pool_scores, fill, starts, ends):
+    """Row bounds of a snapshot that keeps the old rows in place and has `rows` (its k-th row
+    is the k-th of the `new_*` CSR) written into the pool from position `fill`, which the
+    caller guarantees no live snapshot uses. starts/ends may have more rows than the old ones;
+    each row past them must be in `rows`."""
+    n_old = old_starts.shape[0]
+    starts[:n_old] = old_starts
+    ends[:n_old] = old_ends
+    m = new_indptr[rows.shape[0]]
+    pool_indices[fill:fill + m] = new_indices[:m]
+    pool_scores[fill:fill + m] = new_scores[:m]
+    for k in range(rows.shape[0]):
+        starts[rows[k]] = fill + new_indptr[k]
+        ends[rows[k]] = fill + new_indptr[k + 1]
 
 
 @njit(nogil=True, cache=True, inline="always")

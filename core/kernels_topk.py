@@ -1,6 +1,6 @@
 """Numba kernels of the request path: a fixed-size top-k heap and context scoring over CSR rows.
 
-Plain arrays only (CSR = int64 indptr, int32 indices, float32 scores). The glue in
+Plain arrays only (rows: row r is int32 indices / float32 scores[starts[r]:ends[r]]). The glue in
 `covisit.core.scoring` validates input and allocates every output; kernels never raise.
 Ties in score go to the better-ranked item (`rank`: 0 = most popular), so every ordering
 is deterministic and matches the evaluation protocol's tie-break.
@@ -98,14 +98,14 @@ def _table_slot(keys, mask, item):
 
 
 @njit(cache=True)
-def table_size(indptr, ctx, n_exclude):
+def table_size(starts, ends, ctx, n_exclude):
     """Power-of-two table size for the neighbours of `ctx` and `n_exclude` excluded items.
 
     Load factor <= 1/4: fewer collisions mean fewer mispredicted probe loops, which paid for
     the larger table to clear (6% faster than 1/2 on a 44M-link model)."""
     total = n_exclude
     for c in ctx:
-        total += indptr[c + 1] - indptr[c]
+        total += ends[c] - starts[c]
     size = 16
     while size < 4 * total:
         size *= 2
@@ -113,14 +113,14 @@ def table_size(indptr, ctx, n_exclude):
 
 
 @njit(cache=True)
-def recommend_into(indptr, indices, scores, rank, fill_order, ctx, recency, exclude, allowed,
+def recommend_into(starts, ends, indices, scores, rank, fill_order, ctx, recency, exclude, allowed,
                    use_allowed, keys, vals, slots, out_items, out_scores, out_sources):
     """Top-k for one context; k = len(out_items). Returns how many slots were filled.
 
     ctx: item ids, newest last; the row of the item `a` places before the newest is weighted
     recency**a. exclude: item ids never returned. allowed: sorted item ids, the only ones
     returned if use_allowed. keys / vals / slots: scratch of at least
-    table_size(indptr, ctx, len(exclude)) entries. Slots that co-visitation cannot fill come
+    table_size(starts, ends, ctx, len(exclude)) entries. Slots that co-visitation cannot fill come
     from `fill_order` (most popular first) and are marked SOURCE_POPULARITY.
     """
     k = out_items.shape[0]
@@ -129,10 +129,10 @@ def recommend_into(indptr, indices, scores, rank, fill_order, ctx, recency, excl
     # Ask for every context row at once, so their memory misses overlap (rows are random
     # places in a large CSR and are usually not in cache).
     for c in ctx:
-        for q in range(indptr[c], indptr[c + 1], 16):
+        for q in range(starts[c], ends[c], 16):
             prefetch_read(indices, q)
             prefetch_read(scores, q)
-    mask = table_size(indptr, ctx, exclude.shape[0]) - 1
+    mask = table_size(starts, ends, ctx, exclude.shape[0]) - 1
     keys[: mask + 1] = -1
     vals[: mask + 1] = 0.0
     # Sum the rows into an open-addressing table. Branch-free on purpose: whether an item is
@@ -142,7 +142,7 @@ def recommend_into(indptr, indices, scores, rank, fill_order, ctx, recency, excl
     weight = np.float32(1.0)
     for a in range(n):  # newest first
         c = ctx[n - 1 - a]
-        for q in range(indptr[c], indptr[c + 1]):
+        for q in range(starts[c], ends[c]):
             item = indices[q]
             h = _table_slot(keys, mask, item)
             slots[used] = h
@@ -193,8 +193,9 @@ def recommend_into(indptr, indices, scores, rank, fill_order, ctx, recency, excl
 
 
 @njit(cache=True)
-def recommend_batch(indptr, indices, scores, rank, fill_order, ctx_indptr, ctx_items, max_context,
-                    recency, exclude_context, keys, vals, slots, out_items, out_scores, out_sources, out_n):
+def recommend_batch(starts, ends, indices, scores, rank, fill_order, ctx_indptr, ctx_items,
+                    max_context, recency, exclude_context, keys, vals, slots, out_items, out_scores,
+                    out_sources, out_n):
     """recommend_into for many contexts (ctx_items[ctx_indptr[q]:ctx_indptr[q+1]], newest last).
 
     Each context keeps its newest `max_context` items; out_* have one row per context."""
@@ -203,6 +204,6 @@ def recommend_batch(indptr, indices, scores, rank, fill_order, ctx_indptr, ctx_i
         lo = max(ctx_indptr[q], ctx_indptr[q + 1] - max_context)
         ctx = ctx_items[lo: ctx_indptr[q + 1]]
         exclude = ctx if exclude_context else empty
-        out_n[q] = recommend_into(indptr, indices, scores, rank, fill_order, ctx, recency, exclude,
-                                  empty, False, keys, vals, slots, out_items[q], out_scores[q],
+        out_n[q] = recommend_into(starts, ends, indices, scores, rank, fill_order, ctx, recency,
+                                  exclude, empty, False, keys, vals, slots, out_items[q], out_scores[q],
                                   out_sources[q])

@@ -35,7 +35,8 @@ from covisit.core.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 # Recent incremental snapshots kept in memory as rollback targets, besides line heads and
-# checkpoints: each holds its own serving arrays (0.3 GB at 1M items), so few.
+# checkpoints. They share a pool of rows with the serving one, but each holds its own row
+# bounds and popularity arrays (28 MB at 1M items), and an old pool stays alive while they do.
 KEPT_VERSIONS = 3
 KEPT_RECORDS = 200  # states of versions no longer kept (RETIRED, REJECTED), for reports
 READ_BATCH = 100_000  # events read from the log per model update

@@ -28,6 +28,9 @@ from covisit.core.snapshot import Snapshot
 log = logging.getLogger(__name__)
 # Decay weights stay below 2**64 times a count: float32 snapshots hold up to 2**128.
 REBASE_HALF_LIVES = 64
+# Room in a snapshot pool for the rows of later incremental snapshots, as a share of its links:
+# a new pool (a copy of every row) is made each time changed rows have filled it.
+HEADROOM, MIN_HEADROOM = 0.5, 1024
 
 
 class CoVisitModel:
@@ -53,6 +56,10 @@ class CoVisitModel:
         self._touched = np.empty(0, dtype=np.bool_)  # scratch: rows one update changes
         self._stamps: weakref.WeakKeyDictionary[Snapshot, int] = weakref.WeakKeyDictionary()
         self._last_snapshot: Snapshot | None = None
+        # The pool incremental snapshots append their rows to (indices, scores), and its first
+        # position no snapshot uses.
+        self._pool: tuple[np.ndarray, np.ndarray] | None = None
+        self._pool_fill = 0
         w = self.config.window
         self._hist_items = np.empty((0, w), dtype=np.int32)
         self._hist_w = np.empty((0, w), dtype=np.float64)
@@ -266,14 +273,18 @@ class CoVisitModel:
         with self._numba_threads():
             csr = kb.prune_rows(indptr, self.indices, self.data, rows, col_sum, total, rank, method,
                                 cfg.top_n)
-        if base is not None:
-            csr = _splice(base, n, rows, *csr)
+        if base is None:
+            bounds = {"starts": csr[0][:-1], "ends": csr[0][1:], "n_links": int(csr[0][-1]),
+                      "max_row_length": int(np.diff(csr[0]).max(initial=0))}
+            indices, scores = csr[1], csr[2]
+        else:
+            bounds, indices, scores = self._splice(base, n, rows, *csr)
         seconds = time.perf_counter() - started
         kind = "full" if base is None else "incremental"
         log.debug("%s snapshot v%d: %d items, %d rows pruned, %d links in %.3fs", kind, version, n,
-                  len(rows), len(csr[1]), seconds)
+                  len(rows), bounds["n_links"], seconds)
         snap = Snapshot(version=version, parent=parent, config=cfg, items=self.items.view(),
-                        indptr=csr[0], indices=csr[1], scores=csr[2],
+                        indices=indices, scores=scores, **bounds,
                         popularity=popularity.astype(np.float32), fill_order=fill_order, rank=rank,
                         watermark=self.n_events,
                         meta={"kind": kind, "rows_repruned": len(rows), "build_seconds": seconds})
@@ -282,14 +293,30 @@ class CoVisitModel:
         return snap
 
 
-def _splice(base: Snapshot, n_items: int, rows: np.ndarray, indptr: np.ndarray,
-            indices: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`base`'s serving CSR grown to `n_items` rows, with `rows` (ascending, including every row
-    past base's) replaced by the CSR of just those rows."""
-    old = rows[rows < base.n_items]
-    dropped = int((base.indptr[old + 1] - base.indptr[old]).sum())
-    n_links = base.n_links - dropped + len(indices)
-    out = (np.empty(n_items + 1, dtype=np.int64),
-           np.empty(n_links, dtype=np.int32), np.empty(n_links, dtype=np.float32))
-    kb.splice_rows(base.indptr, base.indices, base.scores, rows, indptr, indices, scores, *out)
-    return out
+    def _splice(self, base: Snapshot, n_items: int, rows: np.ndarray, indptr: np.ndarray,
+                indices: np.ndarray, scores: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+        """Row bounds and pool of `base` grown to `n_items` rows, with `rows` (ascending,
+        including every row past base's) replaced by the CSR of just those rows.
+
+        The new rows are appended to the pool base lives in, while it has room: no live
+        snapshot reads past `_pool_fill`, and the other rows stay where they are, so a publish
+        writes only what changed. Else the rows are packed into a new pool with HEADROOM."""
+        old = rows[rows < base.n_items]
+        n_links = base.n_links - int((base.ends[old] - base.starts[old]).sum()) + len(indices)
+        longest = max(base.max_row_length, int(np.diff(indptr).max(initial=0)))
+        pool = self._pool
+        if pool is not None and base.indices is pool[0] and self._pool_fill + len(indices) <= len(pool[0]):
+            starts, ends = np.empty(n_items, dtype=np.int64), np.empty(n_items, dtype=np.int64)
+            kb.append_rows(base.starts, base.ends, rows, indptr, indices, scores, *pool,
+                           self._pool_fill, starts, ends)
+            self._pool_fill += len(indices)
+        else:
+            capacity = n_links + max(int(n_links * HEADROOM), MIN_HEADROOM)
+            pool = (np.empty(capacity, dtype=np.int32), np.empty(capacity, dtype=np.float32))
+            packed = np.empty(n_items + 1, dtype=np.int64)
+            kb.splice_rows(base.starts, base.ends, base.indices, base.scores, rows, indptr, indices,
+                           scores, packed, *pool)
+            starts, ends = packed[:-1], packed[1:]
+            self._pool, self._pool_fill = pool, n_links
+        bounds = {"starts": starts, "ends": ends, "n_links": n_links, "max_row_length": longest}
+        return bounds, *pool

@@ -82,8 +82,8 @@ def recommend(snapshot: Snapshot, context: Sequence[str], k: int = 10,
     out_items = np.empty(k, dtype=np.int32)
     out_scores = np.empty(k, dtype=np.float32)
     out_sources = np.empty(k, dtype=np.int8)
-    n = kt.recommend_into(snapshot.indptr, snapshot.indices, snapshot.scores, snapshot.rank,
-                          snapshot.fill_order, ctx, cfg.recency, exclude_arr, allowed_arr,
+    n = kt.recommend_into(snapshot.starts, snapshot.ends, snapshot.indices, snapshot.scores,
+                          snapshot.rank, snapshot.fill_order, ctx, cfg.recency, exclude_arr, allowed_arr,
                           use_allowed, keys, vals, slots, out_items, out_scores, out_sources)
     name = snapshot.items.name
     return [Scored(name(i), float(s), int(src))

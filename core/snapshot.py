@@ -6,7 +6,6 @@ assignment. Saved snapshots load with mmap_mode='r'; nothing is ever pickled.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covisit.core import kernels_build as kb
 from covisit.core.config import ModelConfig
 from covisit.core.interning import IdMap, IdMapView
 
@@ -32,6 +32,9 @@ ARRAYS = {
     "item_bytes": (np.uint8, 1),
     "item_offsets": (np.int64, 1),
 }
+
+
+_NO_ROWS = np.empty(0, dtype=np.int64)
 
 
 class SnapshotError(ValueError):
@@ -58,9 +61,15 @@ class Snapshot:
     parent: int | None
     config: ModelConfig
     items: IdMap | IdMapView  # a view of the live model's ids, or loaded from disk
-    indptr: np.ndarray  # int64, n_items + 1
-    indices: np.ndarray  # int32, neighbours of each row, best first
-    scores: np.ndarray  # float32, their similarity scores
+    # Row r is indices[starts[r]:ends[r]] (its neighbours, best first) with their similarity
+    # scores. The arrays may be a pool shared with other snapshots of the same model, holding
+    # their rows too: an incremental snapshot appends only its changed rows.
+    starts: np.ndarray  # int64, n_items
+    ends: np.ndarray  # int64, n_items
+    indices: np.ndarray  # int32
+    scores: np.ndarray  # float32
+    n_links: int  # neighbours in all rows
+    max_row_length: int  # at least the longest row (sizes the request kernel's scratch table)
     popularity: np.ndarray  # float32, decayed weighted event count per item
     fill_order: np.ndarray  # int32, item ids most popular first
     rank: np.ndarray  # int32, position of each item in fill_order (the tie-break)
@@ -68,23 +77,38 @@ class Snapshot:
     created_at: float = field(default_factory=time.time)
     meta: dict = field(default_factory=dict)  # extra facts (build time, gate metrics, ...)
 
+    @classmethod
+    def from_csr(cls, indptr: np.ndarray, **fields) -> Snapshot:
+        """A snapshot whose rows are a compact CSR (`indptr`, int64, n_items + 1)."""
+        return cls(starts=indptr[:-1], ends=indptr[1:], n_links=int(indptr[-1]),
+                   max_row_length=int(np.diff(indptr).max(initial=0)), **fields)
+
     @property
     def n_items(self) -> int:
-        return len(self.indptr) - 1
+        return len(self.starts)
 
-    @property
-    def n_links(self) -> int:
-        return int(self.indptr[-1])
+    def row(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbours of item id `r`, best first, and their scores."""
+        return self.indices[self.starts[r]:self.ends[r]], self.scores[self.starts[r]:self.ends[r]]
 
-    @functools.cached_property
-    def max_row_length(self) -> int:
-        """Neighbours in the longest row (sizes the request kernel's scratch table)."""
-        return int(np.diff(self.indptr).max(initial=0))
+    def csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rows as a compact CSR (indptr, indices, scores): views when they already are one."""
+        n = self.n_items
+        if n == 0 or (self.starts[0] == 0 and np.array_equal(self.starts[1:], self.ends[:-1])):
+            indptr = np.empty(n + 1, dtype=np.int64)
+            indptr[:n] = self.starts
+            indptr[n] = self.ends[-1] if n else 0
+            return indptr, self.indices[:indptr[n]], self.scores[:indptr[n]]
+        out = (np.empty(n + 1, dtype=np.int64), np.empty(self.n_links, dtype=np.int32),
+               np.empty(self.n_links, dtype=np.float32))
+        kb.splice_rows(self.starts, self.ends, self.indices, self.scores, _NO_ROWS, out[0][:1],
+                       out[1][:0], out[2][:0], *out)
+        return out
 
     def nbytes(self) -> int:
-        """Bytes of the serving arrays (excluding the id strings)."""
-        return sum(getattr(self, n).nbytes for n in ("indptr", "indices", "scores", "popularity",
-                                                     "fill_order", "rank"))
+        """Bytes of the serving arrays (excluding the id strings; a shared pool counted whole)."""
+        return sum(getattr(self, n).nbytes for n in ("starts", "ends", "indices", "scores",
+                                                     "popularity", "fill_order", "rank"))
 
     def metadata(self) -> dict:
         return {
@@ -108,7 +132,9 @@ class Snapshot:
         path.mkdir(parents=True, exist_ok=True)
         (path / METADATA_FILE).unlink(missing_ok=True)  # the old save is no longer whole
         blob, offsets = self.items.to_arrays()
-        arrays = {"item_bytes": blob, "item_offsets": offsets}
+        indptr, indices, scores = self.csr()
+        arrays = {"item_bytes": blob, "item_offsets": offsets, "indptr": indptr,
+                  "indices": indices, "scores": scores}
         for name in ARRAYS:
             array = arrays.get(name)
             tmp = path / f"{name}.tmp.npy"
@@ -142,10 +168,15 @@ class Snapshot:
                 raise SnapshotError(f"{file}: expected {np.dtype(dtype)} with {ndim} dims, "
                                     f"got {array.dtype} with {array.ndim}")
             arrays[name] = array
+        indptr = arrays["indptr"]
+        if len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(arrays["indices"]):
+            raise SnapshotError("inconsistent snapshot: indptr does not match the item count and indices")
+        if np.any(np.diff(indptr) < 0):
+            raise SnapshotError("inconsistent snapshot: indptr is not monotonic")
         try:
             items = IdMap.from_arrays(arrays.pop("item_bytes"), arrays.pop("item_offsets"))
             config = ModelConfig.from_dict(meta["config"])
-            snapshot = cls(version=int(meta["model_version"]), parent=meta.get("parent_version"),
+            snapshot = cls.from_csr(version=int(meta["model_version"]), parent=meta.get("parent_version"),
                            config=config, items=items, watermark=int(meta["event_watermark"]),
                            created_at=float(meta["created_at"]), meta=dict(meta.get("meta", {})),
                            **arrays)
@@ -157,15 +188,20 @@ class Snapshot:
     def check(self) -> None:
         """Raise SnapshotError unless the arrays describe one consistent model."""
         n = len(self.items)
+        starts, ends = self.starts, self.ends
         problems = []
-        if len(self.indptr) != n + 1 or self.indptr[0] != 0 or self.indptr[-1] != len(self.indices):
+        if len(starts) != n or len(ends) != n:
             problems.append("indptr does not match the item count and indices")
-        elif np.any(np.diff(self.indptr) < 0):
-            problems.append("indptr is not monotonic")
+        elif n and (starts.min() < 0 or np.any(ends < starts) or ends.max() > len(self.indices)):
+            problems.append("row bounds outside the indices")
+        elif int((ends - starts).sum()) != self.n_links:
+            problems.append(f"n_links is {self.n_links}, the rows hold {int((ends - starts).sum())}")
         if len(self.scores) != len(self.indices):
             problems.append("scores and indices differ in length")
-        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= n):
-            problems.append("indices out of range")
+        if not problems:
+            live = self.csr()[1]  # a pool may hold cells no row uses
+            if len(live) and (live.min() < 0 or live.max() >= n):
+                problems.append("indices out of range")
         for name in ("popularity", "fill_order", "rank"):
             if len(getattr(self, name)) != n:
                 problems.append(f"{name} has {len(getattr(self, name))} entries for {n} items")

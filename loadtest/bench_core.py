@@ -64,7 +64,7 @@ def bench_build(log, name, config):
     snap = model.snapshot()
     snap_seconds = time.perf_counter() - started
     exact_bytes = model.indptr.nbytes + model.indices.nbytes + model.data.nbytes
-    csr_bytes = snap.indptr.nbytes + snap.indices.nbytes + snap.scores.nbytes
+    csr_bytes = sum(a.nbytes for a in snap.csr())
     return model, snap, {
         "bench": "build", "model": name, "events": len(log.items), "items": log.n_items,
         "seconds": seconds, "events_per_s": len(log.items) / seconds,
@@ -132,8 +132,9 @@ def bench_scoring(snap, log, n_requests: int, context: int, seed: int, passes: i
         ns = np.empty(n_requests, np.int64)
         for r, ctx in enumerate(contexts):  # the context is also what is excluded
             t0 = time.perf_counter_ns()
-            kt.recommend_into(snap.indptr, snap.indices, snap.scores, snap.rank, snap.fill_order, ctx,
-                              recency, ctx, empty, False, keys, vals, slots, out_i, out_s, out_src)
+            kt.recommend_into(snap.starts, snap.ends, snap.indices, snap.scores, snap.rank,
+                              snap.fill_order, ctx, recency, ctx, empty, False, keys, vals, slots,
+                              out_i, out_s, out_src)
             ns[r] = time.perf_counter_ns() - t0
         rows["kernel"].append(ns.copy())
         for r, ctx in enumerate([[str(i) for i in ctx] for ctx in contexts]):
@@ -141,7 +142,7 @@ def bench_scoring(snap, log, n_requests: int, context: int, seed: int, passes: i
             recommend(snap, ctx, k)
             ns[r] = time.perf_counter_ns() - t0
         rows["python call"].append(ns.copy())
-    scanned = np.mean([int((snap.indptr[c + 1] - snap.indptr[c]).sum()) for c in contexts[:2000]])
+    scanned = np.mean([int((snap.ends[c] - snap.starts[c]).sum()) for c in contexts[:2000]])
     out = []
     for path, samples in rows.items():
         p50 = [float(np.percentile(x, 50)) / 1e3 for x in samples]

@@ -17,9 +17,9 @@ In each scenario, after untimed warm-up requests:
 2. first event: one probe (below) alone, timed from its acknowledgement (with so few events
    pending the learner waits learning.max_delay_seconds before it publishes);
 3. warm-up stream, reported apart: the stream below until the learner has published
-   KEPT_VERSIONS + 2 versions (at least 3 s). The versions it keeps for rollback are copies of
-   the serving arrays, so on the large model the first publishes after a start also grow the
-   process, and are slower than the steady state;
+   KEPT_VERSIONS + 2 versions (at least 3 s). The first publish after a start copies the
+   loaded checkpoint's rows into a pool with room for later ones, so on the large model the
+   first publishes touch fresh memory and are slower than the steady state;
 4. sustained stream, the figures against the targets: a writer sends RecordEvents at a steady
    rate (default 1,000 events/s: 10 events every 10 ms on a monotonic clock; a slow call delays
    the next ones, which then go back to back until on time). Every 10th call (~100 ms) also

@@ -7,6 +7,14 @@ import math
 import numpy as np
 
 
+def serving_arrays(snap) -> dict[str, np.ndarray]:
+    """A snapshot's rows as a compact CSR, with its popularity arrays: what two snapshots must
+    agree on to serve alike (their pools may differ)."""
+    indptr, indices, scores = snap.csr()
+    return {"indptr": indptr, "indices": indices, "scores": scores, "popularity": snap.popularity,
+            "fill_order": snap.fill_order, "rank": snap.rank}
+
+
 def count_pairs(events, window, backward=0.0, distance="inverse", gap=1800.0, half_life=0.0, anchor=0.0):
     """events: (sequence, item, weight, time, splits_at_gaps) in log order.
 

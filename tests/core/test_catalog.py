@@ -431,10 +431,10 @@ def test_reader_sees_only_published_states_while_a_writer_upserts():
 
 def tiny_snapshot() -> Snapshot:
     n = 3
-    return Snapshot(version=1, parent=None, config=ModelConfig(), items=IdMap(["a", "b", "c"]),
-                    indptr=np.zeros(n + 1, np.int64), indices=np.empty(0, np.int32),
-                    scores=np.empty(0, np.float32), popularity=np.array([3.0, 1.0, 2.0], np.float32),
-                    fill_order=np.array([0, 2, 1], np.int32), rank=np.array([0, 2, 1], np.int32))
+    return Snapshot.from_csr(version=1, parent=None, config=ModelConfig(), items=IdMap(["a", "b", "c"]),
+                             indptr=np.zeros(n + 1, np.int64), indices=np.empty(0, np.int32),
+                             scores=np.empty(0, np.float32), popularity=np.array([3.0, 1.0, 2.0], np.float32),
+                             fill_order=np.array([0, 2, 1], np.int32), rank=np.array([0, 2, 1], np.int32))
 
 
 def test_snapshot_popularity_is_a_mapping_by_item_id():

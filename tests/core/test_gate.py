@@ -52,8 +52,7 @@ def test_a_candidate_equal_to_serving_passes(snap_and_heldout):
 def test_a_damaged_candidate_is_rejected_with_the_figures(snap_and_heldout, damage):
     snap, predictions = snap_and_heldout
     if damage == "rows emptied":  # popularity fill only
-        bad = dataclasses.replace(snap, indptr=np.zeros_like(snap.indptr),
-                                  indices=snap.indices[:0], scores=snap.scores[:0])
+        bad = dataclasses.replace(snap, ends=snap.starts)
     else:
         bad = dataclasses.replace(snap, indices=np.random.default_rng(0).permutation(snap.indices))
     d = run(bad, snap, predictions)

@@ -8,8 +8,11 @@ from hypothesis import strategies as st
 from covisit.core import kernels_build as kb
 from covisit.core.config import SIMILARITIES, ModelConfig
 from covisit.core.events import Event
+from covisit.core import model as model_module
 from covisit.core.model import CoVisitModel
 from covisit.core.snapshot import Snapshot
+
+from . import reference as ref
 
 TYPES = ["view", "click", "add_to_cart", "purchase"]
 # small top_n, so pruning (and its tie-break) decides what a row keeps
@@ -33,11 +36,6 @@ def to_events(batch, t0):
         t += dt
         events.append(Event(f"u{user}", f"i{item}", kind, t, f"s{user}" if in_session else None))
     return events, t
-
-
-def row(snap: Snapshot, r: int) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = snap.indptr[r], snap.indptr[r + 1]
-    return snap.indices[lo:hi], snap.scores[lo:hi]
 
 
 def count_row(model: CoVisitModel, r: int) -> np.ndarray:
@@ -80,12 +78,12 @@ def test_touched_rows_equal_a_full_prune_and_the_others_stay(log, config):
         assert snap.meta["rows_repruned"] == (incremental.n_items if pruned_all else len(touched))
         assert snap.n_items == expected.n_items == incremental.n_items
         for name in ("popularity", "fill_order", "rank"):
-            np.testing.assert_array_equal(getattr(snap, name), getattr(expected, name), err_msg=name)
+            np.testing.assert_array_equal(ref.serving_arrays(snap)[name], ref.serving_arrays(expected)[name], err_msg=name)
         for r in range(snap.n_items):
             if pruned_all or r in touched:
-                assert_rows_equal(row(snap, r), row(expected, r), f"touched row {r}")
+                assert_rows_equal(snap.row(r), expected.row(r), f"touched row {r}")
             else:
-                assert_rows_equal(row(snap, r), row(previous, r), f"untouched row {r}")
+                assert_rows_equal(snap.row(r), previous.row(r), f"untouched row {r}")
         snap.check()
         previous = snap
 
@@ -106,7 +104,29 @@ def test_without_ties_row_only_similarities_match_a_full_snapshot_exactly(simila
         snap, expected = incremental.snapshot(incremental=True), full.snapshot()
         assert snap.meta["kind"] == ("full" if step == 0 else "incremental")
         for name in ("indptr", "indices", "scores", "fill_order", "rank"):
-            np.testing.assert_array_equal(getattr(snap, name), getattr(expected, name), err_msg=name)
+            np.testing.assert_array_equal(ref.serving_arrays(snap)[name], ref.serving_arrays(expected)[name], err_msg=name)
+
+
+def test_published_snapshots_never_change_while_later_ones_share_their_pool(monkeypatch):
+    monkeypatch.setattr(model_module, "HEADROOM", 0.0)
+    monkeypatch.setattr(model_module, "MIN_HEADROOM", 30)  # room for a few appends, then a new pool
+    rng = np.random.default_rng(7)
+    model = CoVisitModel(ModelConfig(window=2, backward=0.5, top_n=3))
+    kept, shared, new_pools = [], 0, 0
+    for version in range(1, 40):
+        users, items = rng.integers(0, 6, size=3), rng.integers(0, 15, size=3)
+        model.update([Event(f"u{u}", f"i{i}", "view", float(10 * version + k))
+                      for k, (u, i) in enumerate(zip(users, items))])
+        snap = model.snapshot(version, incremental=True)
+        if kept:
+            shared += snap.indices is kept[-1][0].indices
+            new_pools += snap.indices is not kept[-1][0].indices
+        kept.append((snap, {k: v.copy() for k, v in ref.serving_arrays(snap).items()}))
+    assert shared and new_pools > 1  # both ways of publishing ran
+    for snap, arrays in kept:
+        snap.check()
+        for name, array in ref.serving_arrays(snap).items():
+            np.testing.assert_array_equal(array, arrays[name], err_msg=f"v{snap.version} {name}")
 
 
 def test_meta_and_the_touched_record_resets():
@@ -120,7 +140,7 @@ def test_meta_and_the_touched_record_resets():
     again = model.snapshot(3, 2, incremental=True)  # nothing changed since
     assert again.meta["rows_repruned"] == 0
     for name in ("indptr", "indices", "scores", "fill_order", "rank", "popularity"):
-        np.testing.assert_array_equal(getattr(again, name), getattr(grown, name), err_msg=name)
+        np.testing.assert_array_equal(ref.serving_arrays(again)[name], ref.serving_arrays(grown)[name], err_msg=name)
     model.update([Event("v", "c", "view", 3.0)])
     full = model.snapshot(4, 3)
     assert (full.meta["kind"], full.meta["rows_repruned"]) == ("full", 3)
@@ -136,9 +156,9 @@ def test_new_items_grow_the_snapshot():
     snap = model.snapshot(incremental=True)
     assert snap.n_items == 4 and snap.meta["rows_repruned"] == 3  # a (touched), x and c (new)
     a, b, x, c = (model.items.get(i) for i in "abxc")
-    assert_rows_equal(row(snap, b), row(before, b), "b")
-    assert row(snap, x)[0].size == 0
-    assert [model.items.name(i) for i in row(snap, c)[0]] == ["a"]
+    assert_rows_equal(snap.row(b), before.row(b), "b")
+    assert snap.row(x)[0].size == 0
+    assert [model.items.name(i) for i in snap.row(c)[0]] == ["a"]
     assert [model.items.name(i) for i in snap.fill_order] == ["c", "a", "b", "x"]
     snap.check()
 
@@ -198,25 +218,56 @@ def random_csr(rng, n_rows, n_cols, max_len):
     return indptr, indices, rng.random(indptr[-1]).astype(np.float32)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_splice_rows_equals_replacing_row_by_row(seed):
+def spliced_rows(seed):
+    """Old rows scattered in a pool with gaps (as starts/ends), the rows to replace (some old
+    ones and every new one), their new CSR, and the rows the result must have."""
     rng = np.random.default_rng(seed)
     n_old, n = 12, 12 + seed
-    old = random_csr(rng, n_old, n, 4)
+    indptr, indices, scores = random_csr(rng, n_old, n, 4)
+    gaps = np.cumsum(rng.integers(0, 3, size=n_old))  # each row moved up by the gaps before it
+    starts, ends = indptr[:-1] + gaps, indptr[1:] + gaps
+    pool = (np.full(indptr[-1] + gaps[-1] + 5, -7, np.int32), np.full(indptr[-1] + gaps[-1] + 5, -7.0, np.float32))
+    for r in range(n_old):
+        pool[0][starts[r]:ends[r]] = indices[indptr[r]:indptr[r + 1]]
+        pool[1][starts[r]:ends[r]] = scores[indptr[r]:indptr[r + 1]]
     rows = np.union1d(rng.choice(n_old, size=rng.integers(0, n_old + 1), replace=False),
                       np.arange(n_old, n)).astype(np.int64)
     new = random_csr(rng, len(rows), n, 4)
     expected = []
     for r in range(n):
         k = np.searchsorted(rows, r)
-        csr, i = (new, k) if k < len(rows) and rows[k] == r else (old, r)
+        csr, i = (new, k) if k < len(rows) and rows[k] == r else ((indptr, indices, scores), r)
         expected.append((csr[1][csr[0][i]: csr[0][i + 1]], csr[2][csr[0][i]: csr[0][i + 1]]))
-    n_links = sum(len(e[0]) for e in expected)
-    out = (np.empty(n + 1, np.int64), np.empty(n_links, np.int32), np.empty(n_links, np.float32))
+    return (starts, ends, *pool), rows, new, expected
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_splice_rows_packs_the_old_rows_with_the_new_ones(seed):
+    old, rows, new, expected = spliced_rows(seed)
+    n, n_links = len(expected), sum(len(e[0]) for e in expected)
+    out = (np.empty(n + 1, np.int64), np.empty(n_links + 3, np.int32), np.empty(n_links + 3, np.float32))
     kb.splice_rows(*old, rows, *new, *out)
     np.testing.assert_array_equal(out[0], np.cumsum([0] + [len(e[0]) for e in expected]))
-    np.testing.assert_array_equal(out[1], np.concatenate([e[0] for e in expected]))
-    np.testing.assert_array_equal(out[2], np.concatenate([e[1] for e in expected]))
+    np.testing.assert_array_equal(out[1][:n_links], np.concatenate([e[0] for e in expected]))
+    np.testing.assert_array_equal(out[2][:n_links], np.concatenate([e[1] for e in expected]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_append_rows_writes_only_past_fill_and_moves_only_the_new_rows(seed):
+    (starts, ends, pool_i, pool_s), rows, new, expected = spliced_rows(seed)
+    fill = int(ends.max())
+    pool_i = np.concatenate([pool_i, np.full(len(new[1]), -7, np.int32)])
+    pool_s = np.concatenate([pool_s, np.full(len(new[1]), -7.0, np.float32)])
+    before = pool_i[:fill].copy(), pool_s[:fill].copy()
+    out = np.empty(len(expected), np.int64), np.empty(len(expected), np.int64)
+    kb.append_rows(starts, ends, rows, *new, pool_i, pool_s, fill, *out)
+    np.testing.assert_array_equal(pool_i[:fill], before[0])  # what older snapshots read stays
+    np.testing.assert_array_equal(pool_s[:fill], before[1])
+    for r, (want_i, want_s) in enumerate(expected):
+        if r not in rows:
+            assert (out[0][r], out[1][r]) == (starts[r], ends[r])
+        np.testing.assert_array_equal(pool_i[out[0][r]:out[1][r]], want_i)
+        np.testing.assert_array_equal(pool_s[out[0][r]:out[1][r]], want_s)
 
 
 @pytest.mark.parametrize("similarity", sorted(SIMILARITIES))

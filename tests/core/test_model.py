@@ -130,7 +130,8 @@ def test_incremental_update_equals_one_batch_build(log, cuts, config):
     assert incremental.items.names() == batch.items.names()
     one, other = batch.snapshot(), incremental.snapshot()
     for name in ("indptr", "indices", "scores", "fill_order"):
-        np.testing.assert_array_equal(getattr(one, name), getattr(other, name), err_msg=name)
+        np.testing.assert_array_equal(ref.serving_arrays(one)[name], ref.serving_arrays(other)[name],
+                                      err_msg=name)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"w{c.window}-b{c.backward}-{c.distance}-h{c.half_life}")
@@ -147,8 +148,8 @@ def test_thread_count_does_not_change_the_counts(config):
         for name in ("indptr", "indices", "data", "popularity"):
             np.testing.assert_array_equal(getattr(other, name), getattr(models[0], name), err_msg=name)
         for name in ("indptr", "indices", "scores"):  # the prune runs rows on those threads too
-            np.testing.assert_array_equal(getattr(other.snapshot(), name), getattr(models[0].snapshot(), name),
-                                          err_msg=name)
+            np.testing.assert_array_equal(ref.serving_arrays(other.snapshot())[name],
+                                          ref.serving_arrays(models[0].snapshot())[name], err_msg=name)
 
 
 @pytest.mark.parametrize("method", ["raw", "cosine", "jaccard", "lift", "llr", "conditional"])
@@ -162,8 +163,7 @@ def test_snapshot_prunes_and_scores_like_the_reference(method, top_n):
     counts, _ = reference_counts(model, events)
     expected = ref.prune(counts, method, top_n, snap.rank)
     for row in range(snap.n_items):
-        got = [(int(i), s) for i, s in zip(snap.indices[snap.indptr[row]: snap.indptr[row + 1]],
-                                           snap.scores[snap.indptr[row]: snap.indptr[row + 1]])]
+        got = [(int(i), s) for i, s in zip(*snap.row(row))]
         want = expected.get(row, [])
         assert [i for i, _ in got] == [i for i, _ in want], f"row {row}"
         np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-6, atol=1e-5)

@@ -33,10 +33,18 @@ def test_recommend_kernel_matches_reference(seed):
     exclude = np.unique(np.r_[ctx, rng.integers(0, n, size=3)]).astype(np.int32)
     allowed = np.unique(rng.integers(0, n, size=25)).astype(np.int32) if seed % 2 else None
     k = int(rng.integers(1, 30))
-    size = kt.table_size(indptr, ctx, len(exclude))
+    # the kernel reads rows by their bounds, wherever they are: here last row first in the pool
+    order = np.arange(n)[::-1]
+    lengths = np.diff(indptr)[order]
+    starts = np.empty(n, np.int64)
+    starts[order] = np.r_[0, np.cumsum(lengths)[:-1]]
+    ends = starts + np.diff(indptr)
+    pool_i = np.concatenate([indices[indptr[r]:indptr[r + 1]] for r in order])
+    pool_s = np.concatenate([scores[indptr[r]:indptr[r + 1]] for r in order])
+    size = kt.table_size(starts, ends, ctx, len(exclude))
     keys, vals, slots = new_scratch(size)
     out_i, out_s, out_src = np.empty(k, np.int32), np.empty(k, np.float32), np.empty(k, np.int8)
-    got_n = kt.recommend_into(indptr, indices, scores, rank, fill_order, ctx, 0.5, exclude,
+    got_n = kt.recommend_into(starts, ends, pool_i, pool_s, rank, fill_order, ctx, 0.5, exclude,
                               np.empty(0, np.int32) if allowed is None else allowed, allowed is not None,
                               keys, vals, slots, out_i, out_s, out_src)
     got = [(int(i), float(s), int(src)) for i, s, src in zip(out_i[:got_n], out_s[:got_n], out_src[:got_n])]
