@@ -1,14 +1,24 @@
-"""Numba kernels that build the model: count co-visitation pairs, emit them into per-row buckets,
-merge the buckets into exact counts, and turn exact counts into the pruned, normalised serving CSR.
+"""Numba kernels that build the model: count co-visitation pairs into the exact-count store, and
+turn exact counts into the pruned, normalised serving CSR.
+
+The exact store keeps row r as a slice [starts[r]:ends[r]] of two pools, indices (int32) and
+data (float64), with room up to limits[r] and free space at the pools' tail. That is so that a
+small batch need not copy the whole store (at 50M links, 600 MB of memory traffic per batch,
+which slows the serving threads): bucket_pairs walks the batch into per-row buckets and
+merge_in_place adds each bucket to its row in place, moving a row that outgrows its room to
+the tail; when the tail is full, pack_rows copies the rows into new pools without the gaps.
+A large batch, or the first, goes the batch way instead: add_events builds a new compact CSR,
+in parallel.
 
 All `nogil=True`, so a background build never stalls serving threads. Exact counts are float64
-and every pair is added to its cell in log order, in batch and incremental builds alike: that is
-what makes an incremental update bit-identical to one batch build of the whole log.
+and every pair is added to its cell in log order, whichever way and however cut a log is
+counted: that is what makes an incremental update bit-identical to one batch build of the
+whole log.
 
-What a build costs here is memory traffic: fresh pages (a first touch costs more than the work
-done on them), and cache misses on per-sequence state and per-row positions that are read in
-random order. So pairs are written once, straight into their row's bucket; the merged rows are
-packed inside the bucket buffer itself, which is then shrunk in place; and the event walks
+What a batch build costs here is memory traffic: fresh pages (a first touch costs more than the
+work done on them), and cache misses on per-sequence state and per-row positions that are read
+in random order. So pairs are written once, straight into their row's bucket; the merged rows
+are packed inside the bucket buffer itself, which is then shrunk in place; and the event walks
 prefetch the state of the events a little ahead.
 """
 
@@ -248,8 +258,9 @@ def place_rows(indptr, indices, data, region, row_bounds, new_indptr, cols, vals
 def add_events(indptr, indices, data, n_items, seqs, items, weights, times, hist_items, hist_w,
                hist_n, last_time, uses_gap, backward, dist_mode, gap, half_life, anchor, pop,
                touched, n_threads):
-    """Count a batch of events into the exact-count CSR; returns the new (indptr, indices, data)
-    and the number of pairs added. The arrays given are not changed, except the sequence state
+    """The batch way: count a batch of events into a compact exact-count CSR (indptr with
+    n_items + 1 entries); returns the new (indptr, indices, data) and the number of pairs
+    added. The arrays given are not changed, except the sequence state
     (hist_*, last_time: moved past the batch), `pop` (gets the events' weights) and `touched`
     (bool, n_items: set for each row that gets pairs).
 
@@ -260,8 +271,6 @@ def add_events(indptr, indices, data, n_items, seqs, items, weights, times, hist
     """
     n = items.shape[0]
     n_seq, window = hist_items.shape
-    if indptr.shape[0] <= n_items:  # rows of items added since the last batch start empty
-        indptr = np.concatenate([indptr, np.full(n_items + 1 - indptr.shape[0], indptr[-1])])
     # Chunks of events are emitted in parallel, each from its own copy of the sequence state:
     # only when the batch has more events than there are sequences is that copy the cheaper part.
     n_chunks = max(1, min(n_threads, n // max(1, n_seq)))
@@ -299,13 +308,121 @@ def add_events(indptr, indices, data, n_items, seqs, items, weights, times, hist
 
 
 @njit(nogil=True, cache=True)
-def row_col_sums(indptr, indices, data, n_cols):
-    """Row totals, column totals and the grand total of a CSR."""
-    n_rows = indptr.shape[0] - 1
+def bucket_pairs(seqs, items, weights, times, hist_items, hist_w, hist_n, last_time, uses_gap,
+                 backward, dist_mode, gap, half_life, anchor, pop, per_row, touched):
+    """Walk a small batch twice (count, then emit), touching only the state of its own
+    sequences and rows; returns (rows, bounds, cols, vals, n_pairs): the rows that get pairs
+    (ascending, each set in `touched`), row rows[k]'s pairs in log order in
+    cols/vals[bounds[k]:bounds[k + 1]], and the number of pairs. As count_pairs, moves the
+    sequence state past the batch and adds the events' weights to `pop`. `per_row` (int64,
+    n_items) must be zeros, and is left so.
+    """
+    n, window = seqs.shape[0], hist_items.shape[1]
+    saved_items = np.empty((n, window), dtype=np.int32)  # the state of each event's sequence
+    saved_w = np.empty((n, window), dtype=np.float64)
+    saved_n = np.empty(n, dtype=np.int64)
+    saved_time = np.empty(n, dtype=np.float64)
+    for e in range(n):
+        s = seqs[e]
+        saved_items[e], saved_w[e] = hist_items[s], hist_w[s]
+        saved_n[e], saved_time[e] = hist_n[s], last_time[s]
+    n_pairs = _walk(0, n, seqs, items, weights, times, hist_items, hist_w, hist_n, last_time,
+                    uses_gap, backward, 0, gap, half_life, anchor, False, per_row, items[:0],
+                    weights[:0], pop)
+    # a pair's row is an event's item or an item its sequence held before the batch
+    rows = np.unique(np.concatenate((items, saved_items.ravel())))
+    rows = rows[rows >= 0]
+    rows = rows[per_row[rows] > 0]
+    bounds = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+    for k in range(rows.shape[0]):  # per_row: row count -> where its bucket starts
+        r = rows[k]
+        bounds[k + 1] = bounds[k] + per_row[r]
+        per_row[r] = bounds[k]
+        touched[r] = True
+    for e in range(n):
+        s = seqs[e]
+        hist_items[s], hist_w[s] = saved_items[e], saved_w[e]
+        hist_n[s], last_time[s] = saved_n[e], saved_time[e]
+    cols = np.empty(bounds[-1], dtype=np.int32)
+    vals = np.empty(bounds[-1], dtype=np.float64)
+    _walk(0, n, seqs, items, weights, times, hist_items, hist_w, hist_n, last_time, uses_gap,
+          backward, dist_mode, gap, half_life, anchor, True, per_row, cols, vals, weights[:0])
+    per_row[rows] = 0
+    return rows, bounds, cols, vals, n_pairs
+
+
+@njit(nogil=True, cache=True)
+def merge_in_place(starts, ends, limits, indices, data, fill, rows, bounds, cols, vals, where,
+                   first):
+    """Merge each row rows[k], k from `first` on, with its pairs (cols/vals[bounds[k]:
+    bounds[k + 1]]) inside the store.
+
+    As in merge_buckets, a cell adds its pairs in log order and new columns follow the old ones
+    in order of first appearance, the first pair setting the value. A row that would outgrow
+    its room first moves to the free tail at `fill`, with room for twice its new length (so a
+    growing row moves rarely); its old slot becomes garbage. Returns (k, fill, cells added): k
+    is len(rows) when done, else the row that must move but does not fit in the tail (compact
+    the store, then call again from k). `where` (int32, n_items) must be all -1, and is left so.
+    """
+    added = 0
+    for k in range(first, rows.shape[0]):
+        r = rows[k]
+        lo = starts[r]
+        m = ends[r] - lo
+        old = m
+        for q in range(m):
+            where[indices[lo + q]] = q
+        grown = m
+        for q in range(bounds[k], bounds[k + 1]):  # count the new columns (marked -2)
+            if where[cols[q]] == -1:
+                where[cols[q]] = -2
+                grown += 1
+        if lo + grown > limits[r]:
+            if fill + 2 * grown > indices.shape[0]:
+                for q in range(bounds[k], bounds[k + 1]):
+                    where[cols[q]] = -1
+                for q in range(lo, lo + m):
+                    where[indices[q]] = -1
+                return k, fill, added
+            indices[fill:fill + m] = indices[lo:lo + m]
+            data[fill:fill + m] = data[lo:lo + m]
+            lo = fill
+            starts[r], limits[r] = lo, lo + 2 * grown
+            fill += 2 * grown
+        for q in range(bounds[k], bounds[k + 1]):
+            c = cols[q]
+            p = where[c]
+            if p < 0:
+                where[c] = m
+                indices[lo + m] = c
+                data[lo + m] = vals[q]
+                m += 1
+            else:
+                data[lo + p] += vals[q]
+        for q in range(lo, lo + m):
+            where[indices[q]] = -1
+        ends[r] = lo + m
+        added += m - old
+    return rows.shape[0], fill, added
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def pack_rows(starts, ends, indices, data, at, out_indices, out_data):
+    """Copy each row r of the store to out_*, from at[r] on."""
+    for r in prange(starts.shape[0]):
+        lo, hi = at[r], at[r] + ends[r] - starts[r]
+        out_indices[lo:hi] = indices[starts[r]:ends[r]]
+        out_data[lo:hi] = data[starts[r]:ends[r]]
+
+
+@njit(nogil=True, cache=True)
+def row_col_sums(starts, ends, indices, data, n_cols):
+    """Row totals, column totals and the grand total of the rows [starts[r]:ends[r]]."""
+    n_rows = starts.shape[0]
     row_sum = np.zeros(n_rows, dtype=np.float64)
     col_sum = np.zeros(n_cols, dtype=np.float64)
     for r in range(n_rows):
-        for q in range(indptr[r], indptr[r + 1]):
+        for q in range(starts[r], ends[r]):
             row_sum[r] += data[q]
             col_sum[indices[q]] += data[q]
     return row_sum, col_sum, row_sum.sum()
@@ -343,9 +460,9 @@ def similarity(method, c, r, s, total):
 
 
 @njit(nogil=True, cache=True)
-def _prune_row(indptr, indices, data, r, col_sum, total, rank, method, heap_s, heap_i):
+def _prune_row(starts, ends, indices, data, r, col_sum, total, rank, method, heap_s, heap_i):
     """Row r's len(heap_s) best neighbours by similarity into (heap_s, heap_i), best first."""
-    lo, hi = indptr[r], indptr[r + 1]
+    lo, hi = starts[r], ends[r]
     row_sum = 0.0
     if method != SIM_RAW:
         for q in range(lo, hi):
@@ -364,10 +481,11 @@ def _prune_row(indptr, indices, data, r, col_sum, total, rank, method, heap_s, h
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def prune_rows(indptr, indices, data, rows, col_sum, total, rank, method, top_n):
-    """Serving CSR of the given rows (in that order): each one's `top_n` best neighbours by
-    similarity, best first, float32. Row totals are summed here; column totals and the grand
-    total (`col_sum`, `total`) are read only by the column-dependent similarities.
+def prune_rows(starts, ends, indices, data, rows, col_sum, total, rank, method, top_n):
+    """Serving CSR of the given rows of the store (row r is [starts[r]:ends[r]]), in that
+    order: each one's `top_n` best neighbours by similarity, best first, float32. Row totals
+    are summed here; column totals and the grand total (`col_sum`, `total`) are read only by
+    the column-dependent similarities.
 
     Rows are independent, so they run in parallel (numba's thread count; a serving process
     sets it to 1 for its builder)."""
@@ -375,13 +493,13 @@ def prune_rows(indptr, indices, data, rows, col_sum, total, rank, method, top_n)
     out_indptr = np.zeros(n_rows + 1, dtype=np.int64)
     for k in range(n_rows):
         r = rows[k]
-        out_indptr[k + 1] = out_indptr[k] + min(indptr[r + 1] - indptr[r], top_n)
+        out_indptr[k + 1] = out_indptr[k] + min(ends[r] - starts[r], top_n)
     out_indices = np.empty(out_indptr[n_rows], dtype=np.int32)
     out_scores = np.empty(out_indptr[n_rows], dtype=np.float32)
     for k in prange(n_rows):
         lo, hi = out_indptr[k], out_indptr[k + 1]
         if lo < hi:
-            _prune_row(indptr, indices, data, rows[k], col_sum, total, rank, method,
+            _prune_row(starts, ends, indices, data, rows[k], col_sum, total, rank, method,
                        out_scores[lo:hi], out_indices[lo:hi])
     return out_indptr, out_indices, out_scores
 

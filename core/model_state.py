@@ -64,10 +64,11 @@ def save_model(model: CoVisitModel, directory: str | os.PathLike) -> Path:
     k = model._n_sequences
     item_bytes, item_offsets = model.items.to_arrays()
     sequence_bytes, sequence_offsets = model.sequences.to_arrays()
+    indptr, indices, data = model.csr()
     arrays = {
         "item_bytes": item_bytes, "item_offsets": item_offsets,
         "sequence_bytes": sequence_bytes, "sequence_offsets": sequence_offsets,
-        "indptr": model.indptr, "indices": model.indices, "data": model.data,
+        "indptr": indptr, "indices": indices, "data": data,
         "popularity": model.popularity,
         # only the rows in use: the spare capacity is refilled on growth
         "hist_items": model._hist_items[:k], "hist_w": model._hist_w[:k],
@@ -130,8 +131,8 @@ def load_model(directory: str | os.PathLike, config: ModelConfig,
     model.items, model.sequences = ids["item"], ids["sequence"]
     model.n_events = state["n_events"]
     model.anchor = None if state["anchor"] is None else float(state["anchor"])
-    model.indptr, model.indices = arrays["indptr"], arrays["indices"]
-    model.data, model.popularity = arrays["data"], arrays["popularity"]
+    model._set_csr(arrays["indptr"], arrays["indices"], arrays["data"])
+    model.popularity = arrays["popularity"]
     model._hist_items, model._hist_w = arrays["hist_items"], arrays["hist_w"]
     model._hist_n, model._last_time = arrays["hist_n"], arrays["last_time"]
     model._uses_gap = arrays["uses_gap"]

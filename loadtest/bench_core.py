@@ -63,7 +63,8 @@ def bench_build(log, name, config):
     started = time.perf_counter()
     snap = model.snapshot()
     snap_seconds = time.perf_counter() - started
-    exact_bytes = model.indptr.nbytes + model.indices.nbytes + model.data.nbytes
+    store = (model.starts, model.ends, model.limits, model.indices, model.data)
+    exact_bytes = sum(a.nbytes for a in store)
     csr_bytes = sum(a.nbytes for a in snap.csr())
     return model, snap, {
         "bench": "build", "model": name, "events": len(log.items), "items": log.n_items,

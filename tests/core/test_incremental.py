@@ -39,9 +39,8 @@ def to_events(batch, t0):
 
 
 def count_row(model: CoVisitModel, r: int) -> np.ndarray:
-    if r + 1 >= len(model.indptr):
-        return model.data[:0]
-    return model.data[model.indptr[r]: model.indptr[r + 1]]
+    indptr, _, data = model.csr()
+    return data[indptr[r]: indptr[r + 1]]
 
 
 def assert_rows_equal(one, other, message):
@@ -277,11 +276,12 @@ def test_pruning_some_rows_equals_those_rows_of_a_full_prune(similarity):
     indptr, indices, data = random_csr(rng, 30, 30, 12)
     data = np.round(data * 4.0).astype(np.float64) + 1.0  # few distinct counts: many ties
     rank = rng.permutation(30).astype(np.int32)
-    _, col_sum, total = kb.row_col_sums(indptr, indices, data, 30)
-    everything = kb.prune_rows(indptr, indices, data, np.arange(30, dtype=np.int64), col_sum, total,
-                               rank, method, 3)
+    starts, ends = indptr[:-1], indptr[1:]
+    _, col_sum, total = kb.row_col_sums(starts, ends, indices, data, 30)
+    everything = kb.prune_rows(starts, ends, indices, data, np.arange(30, dtype=np.int64), col_sum,
+                               total, rank, method, 3)
     rows = np.array([0, 4, 5, 17, 29], dtype=np.int64)
-    some = kb.prune_rows(indptr, indices, data, rows, col_sum, total, rank, method, 3)
+    some = kb.prune_rows(starts, ends, indices, data, rows, col_sum, total, rank, method, 3)
     for k, r in enumerate(rows):
         for part in (1, 2):
             np.testing.assert_array_equal(some[part][some[0][k]: some[0][k + 1]],

@@ -52,10 +52,11 @@ def counts(model_or_engine):
     model = model._model if model is not None else model_or_engine
     n = len(model.items)
     names = [model.items.name(i) for i in range(n)]
+    indptr, indices, data = model.csr()
     out = {}
-    for r in range(len(model.indptr) - 1):
-        for q in range(model.indptr[r], model.indptr[r + 1]):
-            out[names[r], names[model.indices[q]]] = model.data[q]
+    for r in range(n):
+        for q in range(indptr[r], indptr[r + 1]):
+            out[names[r], names[indices[q]]] = data[q]
     return out
 
 

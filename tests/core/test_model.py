@@ -1,6 +1,7 @@
 """The model's exact counts, its snapshots, and the invariant incremental == batch."""
 
 import dataclasses
+from itertools import repeat
 
 import numpy as np
 import pytest
@@ -34,6 +35,14 @@ def random_log(rng, n, n_users=4, n_items=9):
     return events
 
 
+def assert_same_counts(got: CoVisitModel, want: CoVisitModel) -> None:
+    for name, one, other in zip(("indptr", "indices", "data"), got.csr(), want.csr()):
+        np.testing.assert_array_equal(one, other, err_msg=name)
+        assert one.dtype == other.dtype, name
+    np.testing.assert_array_equal(got.popularity, want.popularity, err_msg="popularity")
+    assert got.n_links == want.n_links
+
+
 def reference_counts(model, events):
     cfg = model.config
     encoded = [(ev.sequence_key(), model.items.get(ev.item_id), cfg.event_weights[ev.event_type],
@@ -50,8 +59,9 @@ def test_counts_match_the_reference_twin(config):
     model.update(events)
     counts, pop = reference_counts(model, events)
     indptr, indices, data = ref.to_csr(counts, model.n_items)
-    np.testing.assert_array_equal(model.indptr, indptr)
-    got_indices, got_data = ref.sort_rows(model.indptr, model.indices, model.data)
+    got_indptr, got_indices, got_data = model.csr()
+    np.testing.assert_array_equal(got_indptr, indptr)
+    got_indices, got_data = ref.sort_rows(got_indptr, got_indices, got_data)
     np.testing.assert_array_equal(got_indices, indices)
     np.testing.assert_array_equal(got_data, data)
     np.testing.assert_array_equal(model.popularity, [pop[i] for i in range(model.n_items)])
@@ -63,10 +73,11 @@ def test_counts_by_hand():
     model.update([Event("u1", "a", "view", 1), Event("u1", "b", "view", 2),
                   Event("u1", "c", "purchase", 3), Event("u2", "a", "view", 1), Event("u2", "c", "view", 2)])
     a, b, c = (model.items.get(x) for x in "abc")
+    indptr, indices, data = model.csr()
     dense = np.zeros((3, 3))
     for r in range(3):
-        for q in range(model.indptr[r], model.indptr[r + 1]):
-            dense[r, model.indices[q]] = model.data[q]
+        for q in range(indptr[r], indptr[r + 1]):
+            dense[r, indices[q]] = data[q]
     expected = np.zeros((3, 3))
     expected[a, b], expected[b, c], expected[a, c] = 1.0, 4.0, 3.0
     np.testing.assert_array_equal(dense, expected)
@@ -78,8 +89,9 @@ def test_user_sequences_split_at_the_session_gap_but_sessions_do_not():
     model.update([Event("u", "a", "view", 0), Event("u", "b", "view", 100),  # gap: no link
                   Event("v", "a", "view", 0, "s"), Event("v", "b", "view", 100, "s")])  # session: link
     a, b = model.items.get("a"), model.items.get("b")
-    assert model.n_links == 1 and model.indices[model.indptr[a]] == b
-    assert model.data[0] == 1.0
+    indptr, indices, data = model.csr()
+    assert model.n_links == 1 and indices[indptr[a]] == b
+    assert data[0] == 1.0
 
 
 def test_consecutive_repeat_is_one_visit():
@@ -90,18 +102,20 @@ def test_consecutive_repeat_is_one_visit():
     model = CoVisitModel(dataclasses.replace(RAW, distance="none", backward=1.0))
     model.update([Event("u", "a", "view", 0), Event("u", "a", "purchase", 1), Event("u", "b", "view", 2)])
     b = model.items.get("b")
-    assert model.data[model.indptr[b]] == 4.0
+    indptr, _, data = model.csr()
+    assert data[indptr[b]] == 4.0
 
 
 def test_bad_event_changes_nothing():
     model = CoVisitModel()
     model.update([Event("u", "a", "view", 0), Event("u", "b", "view", 1)])
-    before = (model.indptr.copy(), model.data.copy(), len(model.items), model.n_events)
+    before = [a.copy() for a in model.csr()]
+    n_items, n_events = len(model.items), model.n_events
     with pytest.raises(InvalidEvent, match=r"events\[1\]\.event_type"):
         model.update([Event("u", "c", "view", 2), Event("u", "d", "like", 3)])
-    assert len(model.items) == before[2] and model.n_events == before[3]
-    np.testing.assert_array_equal(model.indptr, before[0])
-    np.testing.assert_array_equal(model.data, before[1])
+    assert len(model.items) == n_items and model.n_events == n_events
+    for got, want in zip(model.csr(), before):
+        np.testing.assert_array_equal(got, want)
 
 
 event_logs = st.lists(
@@ -110,28 +124,92 @@ event_logs = st.lists(
     min_size=0, max_size=60)
 
 
-@settings(max_examples=60, deadline=None)
-@given(log=event_logs, cuts=st.lists(st.integers(0, 60), max_size=4),
-       config=st.sampled_from(CONFIGS))
-def test_incremental_update_equals_one_batch_build(log, cuts, config):
+def events_of(log):
     events, t = [], 0.0
     for user, item, kind, dt, in_session in log:
         t += dt
         events.append(Event(f"u{user}", f"i{item}", kind, t, f"s{user}" if in_session else None))
+    return events
+
+
+def batches_of(events, cuts):
+    bounds = sorted({0, len(events), *(c for c in cuts if c <= len(events))})
+    return [events[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+
+
+@settings(max_examples=60, deadline=None)
+@given(log=event_logs, cuts=st.lists(st.integers(0, 60), max_size=4),
+       config=st.sampled_from(CONFIGS))
+def test_incremental_update_equals_one_batch_build(log, cuts, config):
+    events = events_of(log)
     batch = CoVisitModel(config)
     if events:
         batch.update(events)
     incremental = CoVisitModel(config)
-    bounds = sorted({0, len(events), *(c for c in cuts if c <= len(events))})
-    for lo, hi in zip(bounds, bounds[1:]):
-        incremental.update(events[lo:hi])
-    for name in ("indptr", "indices", "data", "popularity"):
-        np.testing.assert_array_equal(getattr(incremental, name), getattr(batch, name), err_msg=name)
+    for part in batches_of(events, cuts):
+        incremental.update(part)
+    assert_same_counts(incremental, batch)
     assert incremental.items.names() == batch.items.names()
     one, other = batch.snapshot(), incremental.snapshot()
     for name in ("indptr", "indices", "scores", "fill_order"):
         np.testing.assert_array_equal(ref.serving_arrays(one)[name], ref.serving_arrays(other)[name],
                                       err_msg=name)
+
+
+def on_path(config, ways, spare=CoVisitModel.SPARE):
+    """A model that counts each batch the batch way if the next of `ways` is true, else merging
+    in place."""
+    model = CoVisitModel(config)
+    chosen = iter(ways)
+    model._goes_bulk = lambda n_events: next(chosen)
+    model.SPARE = spare
+    return model
+
+
+@settings(max_examples=80, deadline=None)
+@given(log=event_logs, cuts=st.lists(st.integers(0, 60), max_size=6), config=st.sampled_from(CONFIGS),
+       spare=st.sampled_from([0.0, 0.25, 4.0]), ways=st.lists(st.booleans(), min_size=7, max_size=7))
+def test_merging_in_place_counts_as_the_batch_way(log, cuts, config, spare, ways):
+    # spare 0: a batch that moves a row compacts the store; 4: rows move to the tail many times
+    # before it fills. `mixed` takes either way, so the batch way also starts from a gappy store.
+    bulk, in_place = on_path(config, repeat(True)), on_path(config, repeat(False), spare)
+    mixed = on_path(config, ways, spare)
+    for part in batches_of(events_of(log), cuts):
+        for model in (bulk, in_place, mixed):
+            model.update(part)
+        assert_same_counts(in_place, bulk)
+        assert_same_counts(mixed, bulk)
+    assert in_place.digest() == mixed.digest() == bulk.digest()
+
+
+def test_rows_grow_in_place_move_to_the_tail_and_a_full_store_compacts():
+    config = dataclasses.replace(RAW, window=1, distance="none")  # a session [r, c]: r -> c
+    model, batch = on_path(config, repeat(False), spare=10.0), on_path(config, repeat(True))
+    sessions = iter(range(100))
+
+    def add(row, cols):
+        """Count row -> c for each c; returns whether the row moved and the store compacted."""
+        events = []
+        for c in cols:
+            s = f"s{next(sessions)}"
+            events += [Event("u", row, "view", 0.0, s), Event("u", c, "view", 1.0, s)]
+        r, pool = model.items.get(row), model.indices
+        start = model.starts[r] if r >= 0 else None
+        model.update(events)
+        batch.update(events)
+        assert_same_counts(model, batch)
+        return model.starts[model.items.get(row)] != start, model.indices is not pool
+
+    assert add("a", "b")[1]  # into an empty store: compacts to make room
+    assert add("a", "c") == (False, False)  # fits the room it got
+    assert add("a", "d")[1]  # outgrows it, and the tail is empty
+    assert add("b", "x") == (True, False)  # an empty row moves to the tail
+    assert add("b", "y") == (False, False)
+    assert add("b", "z") == (True, False)  # outgrows its room: moves, leaving a gap
+    assert not np.shares_memory(model.csr()[1], model.indices)  # so csr() packs a copy
+    model.SPARE = 0.0
+    assert add("a", [f"n{k}" for k in range(30)])[1]
+    assert np.shares_memory(batch.csr()[1], batch.indices)  # packed: views
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"w{c.window}-b{c.backward}-{c.distance}-h{c.half_life}")
@@ -145,8 +223,7 @@ def test_thread_count_does_not_change_the_counts(config):
         model.update(events[150:])
         models.append(model)
     for other in models[1:]:
-        for name in ("indptr", "indices", "data", "popularity"):
-            np.testing.assert_array_equal(getattr(other, name), getattr(models[0], name), err_msg=name)
+        assert_same_counts(other, models[0])
         for name in ("indptr", "indices", "scores"):  # the prune runs rows on those threads too
             np.testing.assert_array_equal(ref.serving_arrays(other.snapshot())[name],
                                           ref.serving_arrays(models[0].snapshot())[name], err_msg=name)
@@ -185,10 +262,11 @@ def test_time_decay_rebases_instead_of_overflowing():
     model.update([Event("u", "a", "view", 0.0), Event("u", "b", "view", 1.0)])
     model.update([Event("v", "a", "view", 10_000.0), Event("v", "b", "view", 10_001.0)])
     assert model.anchor >= 10_000.0 - 65
-    assert np.all(np.isfinite(model.data)) and np.all(np.isfinite(model.popularity))
+    indptr, _, data = model.csr()
+    assert np.all(np.isfinite(data)) and np.all(np.isfinite(model.popularity))
     snap = model.snapshot()
     assert np.all(np.isfinite(snap.scores)) and np.all(np.isfinite(snap.popularity))
     # the old link decayed to nothing beside the new one: a -> b is the new pair's weight
     a = model.items.get("a")
     new_weight = 2.0 ** ((10_001.0 - model.anchor) / 1.0)
-    assert model.data[model.indptr[a]] == pytest.approx(new_weight, rel=1e-12)
+    assert data[indptr[a]] == pytest.approx(new_weight, rel=1e-12)
