@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from covisit.core.kernels_topk import _worse, heap_push, heap_sort_best_first
+from covisit.core.prefetch import prefetch_read as _prefetch_read
 from covisit.core.prefetch import prefetch_write as _prefetch
 
 DIST_NONE = 0  # every pair in the window weighs the same
@@ -468,15 +469,26 @@ def _prune_row(starts, ends, indices, data, r, col_sum, total, rank, method, hea
         for q in range(lo, hi):
             row_sum += data[q]
     needs_col = method != SIM_RAW and method != SIM_CONDITIONAL
+    # With a score that grows with the count alone, a count below `floor` scores below the
+    # full heap's worst even after rounding to float32 (2**-20 is 16 float32 steps): such a
+    # cell, most of a long row, is skipped before its score is computed.
+    per_count = 1.0 if method == SIM_RAW else 1.0 / row_sum if method == SIM_CONDITIONAL else 0.0
+    floor = -np.inf
     k = heap_s.shape[0]
     size = 0
     for q in range(lo, hi):
+        if q + AHEAD < hi:  # ties with the worst kept are broken by rank: a random read
+            _prefetch_read(rank, indices[q + AHEAD])
+        if data[q] < floor:
+            continue
         # a column total is a random access into a catalog-sized array: only when used
         s = col_sum[indices[q]] if needs_col else 0.0
         score = np.float32(similarity(method, data[q], row_sum, s, total))
         if size == k and not _worse(heap_s[0], heap_i[0], score, indices[q], rank):
             continue  # cannot enter a full heap: skip the call
         size = heap_push(heap_s, heap_i, size, score, indices[q], rank)
+        if size == k and per_count > 0.0:
+            floor = heap_s[0] / per_count * (1.0 - 2.0 ** -20)
     heap_sort_best_first(heap_s, heap_i, size, rank)
 
 

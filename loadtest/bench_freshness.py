@@ -536,8 +536,8 @@ def run_scenario(name: str, server: BenchServer, traffic_for, args, results: lis
         out["first"]["learner"] = learner_timeline(server.log_path, wall, time.time() + 1.0)
         emit(results, out["first"])
 
-        # Warm-up: until the learner keeps its full set of recent versions (each a copy of the
-        # serving arrays, so the first ones after a start also grow the process), at least 3 s.
+        # Warm-up: until the learner keeps its full set of recent versions (the first publish
+        # after a start copies the rows into a new pool), at least 3 s.
         start_publishes, warm_start = client.get_metrics().publishes, time.perf_counter()
         warm = stream_phase(server.port, traffic, tag + "-w", args, args.warmup_max_seconds, server.log_path,
                             until=lambda p: (p - start_publishes >= KEPT_VERSIONS + 2
