@@ -56,9 +56,9 @@ def _grown(a: np.ndarray, shape: tuple, fill) -> np.ndarray:
 
 
 class CoVisitModel:
-    # A compaction, a batch build and a load leave this share of the live cells free at the
-    # pools' tail, where rows that outgrow their room move: a compaction copies every link, so
-    # it must come rarely. Free cells cost address space only until a row moves there.
+    # A compaction leaves this share of the live cells free at the pools' tail, where rows that
+    # outgrow their room move: it copies every link, so it must come rarely. Free cells cost
+    # address space only until a row moves there.
     SPARE = 1.0
     # A batch with more pairs (at most) than this share of the links goes the batch way.
     BULK_SHARE = 0.01
@@ -260,19 +260,13 @@ class CoVisitModel:
                   len(self.indices) - self._fill, time.perf_counter() - started)
 
     def _set_csr(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray) -> None:
-        """Make a compact CSR (the pools may run past indptr[-1]) the exact store, with SPARE
-        free at the tail when the pools are arrays of their own (grown by realloc, which maps
-        more pages rather than copying)."""
+        """Make a compact CSR (the pools may run past indptr[-1]) the exact store."""
         n = len(indptr) - 1
         self._grow_rows(n)
         self.starts[:n] = indptr[:-1]
         self.ends[:n] = self.limits[:n] = indptr[1:]
-        self._fill = self._n_links = int(indptr[-1])
-        size = self._fill + int(self.SPARE * self._fill)
-        for pool in (indices, data):
-            if len(pool) < size and pool.flags.owndata:
-                pool.resize(size, refcheck=False)
         self.indices, self.data = indices, data
+        self._fill = self._n_links = int(indptr[-1])
 
     def _rebase_decay(self, t_min: float, t_max: float) -> None:
         """Keep decay factors 2**((t - anchor) / half_life) far from overflow.
