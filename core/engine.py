@@ -133,8 +133,9 @@ class Engine:
         self.experiments.close()
 
     def load(self, events: Sequence[Event], timeout: float = 60.0) -> None:
-        """Log `events`, start learning if not started, and wait until they serve."""
+        """Check and log `events`, start learning if not started, and wait until they serve."""
         if events:
+            check_events(events, self.model_config.event_weights)  # the log holds checked ones
             self.event_log.append(list(events))
             for ev in events:
                 self._remember(ev)

@@ -37,6 +37,14 @@ class IdMap:
             self._names.append(name)
         return idx
 
+    def intern_all(self, names: list[str]) -> np.ndarray:
+        """`intern` of each name, as int32 ids (one lookup each for names already known)."""
+        get = self._ids.get
+        ids = [get(name, -1) for name in names]
+        if -1 in ids:
+            ids = [self.intern(name) if i < 0 else i for name, i in zip(names, ids)]
+        return np.array(ids, dtype=np.int32)
+
     def get(self, name: str, default: int = -1) -> int:
         return self._ids.get(name, default)
 

@@ -286,7 +286,7 @@ class Learner:
         candidate = self._candidate  # admin calls may replace it meanwhile
         if score and candidate is not None:
             candidate[1].observe(predictions)
-        self._model.update(batch)
+        self._model.update(batch, checked=True)  # the engine logs checked events only
         with self._lock:
             self._applied = events[-1][0] + 1
             self._pending_since = time.monotonic() if self.pending() else None

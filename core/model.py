@@ -115,24 +115,20 @@ class CoVisitModel:
     def n_links(self) -> int:
         return self._n_links
 
-    def update(self, events: Sequence[Event]) -> int:
-        """Validate, intern and count a batch of events (log order). Returns the pairs added."""
-        check_events(events, self.config.event_weights)
+    def update(self, events: Sequence[Event], checked: bool = False) -> int:
+        """Validate (unless `checked`: e.g. read back from the event log, which took only valid
+        ones), intern and count a batch of events (log order). Returns the pairs added."""
+        event_weights = self.config.event_weights
+        if not checked:
+            check_events(events, event_weights)
         if len(self.sequences) < self._n_sequences:
             raise ValueError("this model counted unnamed sequence ids (update_encoded); named "
                              "events would share their state")
-        n = len(events)
-        seqs = np.empty(n, dtype=np.int32)
-        items = np.empty(n, dtype=np.int32)
-        weights = np.empty(n, dtype=np.float64)
-        times = np.empty(n, dtype=np.float64)
-        event_weights = self.config.event_weights
         first_new = len(self.sequences)
-        for i, ev in enumerate(events):
-            seqs[i] = self.sequences.intern(ev.sequence_key())
-            items[i] = self.items.intern(ev.item_id)
-            weights[i] = event_weights[ev.event_type]
-            times[i] = ev.timestamp
+        seqs = self.sequences.intern_all([ev.sequence_key() for ev in events])
+        items = self.items.intern_all([ev.item_id for ev in events])
+        weights = np.array([event_weights[ev.event_type] for ev in events], dtype=np.float64)
+        times = np.array([ev.timestamp for ev in events], dtype=np.float64)
         self._grow_sequences(len(self.sequences))
         for s in range(first_new, len(self.sequences)):  # users split at gaps, sessions don't
             self._uses_gap[s] = self.sequences.name(s).startswith("u:")

@@ -69,6 +69,11 @@ def seed_log(config: Config, event_log) -> None:
                               f"(preset {seeded.get('preset')!r}); use another server.data_dir or delete it")
         return
     report = read_preset(s.preset, s.data) if s.preset else read_events_file(s.data)
+    # the log holds only events the model can count (the learner does not check them again):
+    # the readers checked each event, but against the default event types
+    unknown = sorted({e.event_type for e in report.events} - config.model.event_weights.keys())
+    if unknown:
+        raise ConfigError(f"server.data: event types {unknown} are not in model.event_weights")
     events = sorted(report.events, key=lambda e: e.timestamp)
     done = event_log.durable_offset  # a seeding cut short by a crash goes on where it stopped
     for start in range(done, len(events), SEED_BATCH):

@@ -104,3 +104,11 @@ def test_clicks_need_a_known_request():
     with pytest.raises(NotFound):
         engine.record_click("nope", "u", "a")
     assert engine.counters["clicks"] == 1
+
+
+def test_load_checks_every_event_and_logs_none_of_a_bad_batch():
+    engine = make_engine(Clock())
+    logged = engine.event_log.durable_offset
+    with pytest.raises(InvalidArgument, match="event_type"):
+        engine.load([Event("u", "a", "view", T0), Event("u", "b", "teleport", T0 + 1)])
+    assert engine.event_log.durable_offset == logged

@@ -137,3 +137,13 @@ def test_view_is_a_fixed_prefix_while_the_map_grows():
     clone.intern("d")
     assert clone.names() == ["a", "b", "d"] and clone.get("d") == 2 and m.get("d") == -1
     assert len(IdMap().view()) == 0 and IdMap().view().names() == []
+
+
+def test_intern_all_gives_the_ids_intern_would_in_one_call():
+    one, other = IdMap(["a", "b"]), IdMap(["a", "b"])
+    names = ["b", "c", "a", "c", "d"]
+    got = one.intern_all(names)
+    assert got.dtype == np.int32
+    assert got.tolist() == [other.intern(n) for n in names] == [1, 2, 0, 2, 3]
+    assert one.names() == other.names()
+    assert one.intern_all([]).tolist() == []

@@ -1,4 +1,5 @@
-"""`covisit serve` as a real process: it serves, and stops cleanly on SIGTERM and SIGINT."""
+"""`covisit serve` as a real process: it serves, and stops cleanly on SIGTERM and SIGINT; what
+it refuses to seed its log with."""
 
 import os
 import signal
@@ -9,6 +10,10 @@ import time
 import pytest
 
 from covisit.client import CovisitClient, Event
+from covisit.core.config import ModelConfig
+from covisit.core.eventlog import MemoryEventLog
+from covisit.server.app import seed_log
+from covisit.server.config import Config, ConfigError, ServerConfig
 from tests.server.serving import TOKEN, free_port, wait_serving, write_events
 
 
@@ -86,3 +91,14 @@ def test_repeated_sigterm_still_stops_the_server(tmp_path):
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_data_with_event_types_the_model_does_not_weigh_is_refused(tmp_path):
+    write_events(tmp_path / "events.csv")  # views and purchases
+    config = Config(server=ServerConfig(preset="", data=str(tmp_path / "events.csv"),
+                                        data_dir=str(tmp_path / "data")),
+                    model=ModelConfig(event_weights={"click": 1.0}))
+    log = MemoryEventLog()
+    with pytest.raises(ConfigError, match=r"server.data: event types \['purchase', 'view'\] are not in"):
+        seed_log(config, log)
+    assert log.durable_offset == 0
