@@ -477,7 +477,9 @@ def _prune_row(starts, ends, indices, data, r, col_sum, total, rank, method, hea
     k = heap_s.shape[0]
     size = 0
     for q in range(lo, hi):
-        if q + AHEAD < hi:  # ties with the worst kept are broken by rank: a random read
+        # a cell that may enter costs a random read of its rank (ties with the worst kept go
+        # by rank): ask for it ahead, but only for such cells, not for all of a long row
+        if q + AHEAD < hi and data[q + AHEAD] >= floor:
             _prefetch_read(rank, indices[q + AHEAD])
         if data[q] < floor:
             continue
