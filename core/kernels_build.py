@@ -461,8 +461,13 @@ def similarity(method, c, r, s, total):
 
 
 @njit(nogil=True, cache=True)
-def _prune_row(starts, ends, indices, data, r, col_sum, total, rank, method, heap_s, heap_i):
-    """Row r's len(heap_s) best neighbours by similarity into (heap_s, heap_i), best first."""
+def _prune_row(starts, ends, indices, data, r, col_sum, total, rank, method, heap_s, heap_i,
+               cutoffs, top_n):
+    """Row r's len(heap_s) best neighbours by similarity into (heap_s, heap_i), best first.
+
+    cutoffs[r] (-inf when unknown): a count below which no cell of the row can be among its
+    `top_n` best, left by the row's last prune. Counts only grow (a decay rebase forgets the
+    cutoffs), so it still holds, and the scan skips such cells from its start."""
     lo, hi = starts[r], ends[r]
     row_sum = 0.0
     if method != SIM_RAW:
@@ -473,7 +478,7 @@ def _prune_row(starts, ends, indices, data, r, col_sum, total, rank, method, hea
     # full heap's worst even after rounding to float32 (2**-20 is 16 float32 steps): such a
     # cell, most of a long row, is skipped before its score is computed.
     per_count = 1.0 if method == SIM_RAW else 1.0 / row_sum if method == SIM_CONDITIONAL else 0.0
-    floor = -np.inf
+    floor = cutoffs[r] * (1.0 - 2.0 ** -20) if per_count > 0.0 else -np.inf
     k = heap_s.shape[0]
     size = 0
     for q in range(lo, hi):
@@ -491,18 +496,23 @@ def _prune_row(starts, ends, indices, data, r, col_sum, total, rank, method, hea
         size = heap_push(heap_s, heap_i, size, score, indices[q], rank)
         if size == k and per_count > 0.0:
             floor = heap_s[0] / per_count * (1.0 - 2.0 ** -20)
+    if k == top_n and per_count > 0.0:
+        # below the count of the k-th best (by float32 rounding and the margin), and there
+        # are k cells at or above it, now and ever after
+        cutoffs[r] = floor
     heap_sort_best_first(heap_s, heap_i, size, rank)
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def prune_rows(starts, ends, indices, data, rows, col_sum, total, rank, method, top_n):
+def prune_rows(starts, ends, indices, data, rows, col_sum, total, rank, method, top_n, cutoffs):
     """Serving CSR of the given rows of the store (row r is [starts[r]:ends[r]]), in that
     order: each one's `top_n` best neighbours by similarity, best first, float32. Row totals
     are summed here; column totals and the grand total (`col_sum`, `total`) are read only by
     the column-dependent similarities.
 
     Rows are independent, so they run in parallel (numba's thread count; a serving process
-    sets it to 1 for its builder)."""
+    sets it to 1 for its builder). `cutoffs` (float64, per row of the store): see _prune_row;
+    the prune keeps them up to date."""
     n_rows = rows.shape[0]
     out_indptr = np.zeros(n_rows + 1, dtype=np.int64)
     for k in range(n_rows):
@@ -514,7 +524,7 @@ def prune_rows(starts, ends, indices, data, rows, col_sum, total, rank, method, 
         lo, hi = out_indptr[k], out_indptr[k + 1]
         if lo < hi:
             _prune_row(starts, ends, indices, data, rows[k], col_sum, total, rank, method,
-                       out_scores[lo:hi], out_indices[lo:hi])
+                       out_scores[lo:hi], out_indices[lo:hi], cutoffs, top_n)
     return out_indptr, out_indices, out_scores
 
 

@@ -85,6 +85,9 @@ class CoVisitModel:
         # and a batch's pairs per row (0 between uses)
         self._where = np.empty(0, dtype=np.int32)
         self._row_pairs = np.empty(0, dtype=np.int64)
+        # per row, a count below which no cell can be among the row's top_n (pruning skips such
+        # cells; counts only grow, so it holds until a decay rebase, which forgets them)
+        self._cutoffs = np.empty(0, dtype=np.float64)
         self.popularity = np.empty(0, dtype=np.float64)
         # Which rows changed since a snapshot: `_row_stamp[r]` is the update (counted in
         # `_updates`) that last changed row r's counts or popularity, and `_stamps` holds the
@@ -279,6 +282,7 @@ class CoVisitModel:
         if k > REBASE_HALF_LIVES:
             scale = 2.0 ** -k
             self.data[:self._fill] *= scale  # the free tail need not be touched
+            self._cutoffs[:] = -np.inf  # (scaling could underflow; a rebase is rare)
             self.popularity *= scale
             self.anchor += k * h
             self._stamps.clear()  # every row changed: no snapshot can be a base any more
@@ -301,6 +305,7 @@ class CoVisitModel:
             self.limits = _grown(self.limits, (cap,), 0)
             self._where = _grown(self._where, (cap,), -1)
             self._row_pairs = _grown(self._row_pairs, (cap,), 0)
+            self._cutoffs = _grown(self._cutoffs, (cap,), -np.inf)
 
     def digest(self) -> str:
         """sha256 of the exact counts with their item names: equal for two models exactly when
@@ -393,7 +398,7 @@ class CoVisitModel:
             _, col_sum, total = kb.row_col_sums(starts, ends, self.indices, self.data, n)
         with self._numba_threads():
             csr = kb.prune_rows(starts, ends, self.indices, self.data, rows, col_sum, total, rank,
-                                method, cfg.top_n)
+                                method, cfg.top_n, self._cutoffs)
         if base is None:
             bounds = {"starts": csr[0][:-1], "ends": csr[0][1:], "n_links": int(csr[0][-1]),
                       "max_row_length": int(np.diff(csr[0]).max(initial=0))}

@@ -279,11 +279,29 @@ def test_pruning_some_rows_equals_those_rows_of_a_full_prune(similarity):
     starts, ends = indptr[:-1], indptr[1:]
     _, col_sum, total = kb.row_col_sums(starts, ends, indices, data, 30)
     everything = kb.prune_rows(starts, ends, indices, data, np.arange(30, dtype=np.int64), col_sum,
-                               total, rank, method, 3)
+                               total, rank, method, 3, np.full(30, -np.inf))
     rows = np.array([0, 4, 5, 17, 29], dtype=np.int64)
-    some = kb.prune_rows(starts, ends, indices, data, rows, col_sum, total, rank, method, 3)
+    some = kb.prune_rows(starts, ends, indices, data, rows, col_sum, total, rank, method, 3,
+                         np.full(30, -np.inf))
     for k, r in enumerate(rows):
         for part in (1, 2):
             np.testing.assert_array_equal(some[part][some[0][k]: some[0][k + 1]],
                                           everything[part][everything[0][r]: everything[0][r + 1]])
 
+
+@settings(max_examples=60, deadline=None)
+@given(log=batches, config=st.sampled_from(CONFIGS + [ModelConfig(window=3, similarity="raw", top_n=2)]))
+def test_cutoffs_left_by_earlier_prunes_change_no_prune(log, config):
+    # Each prune leaves per-row cutoffs that later prunes start from; pruning with none
+    # (as a model loaded from disk does) must give the same rows, counts having grown.
+    model, t = CoVisitModel(config), 0.0
+    for version, batch in enumerate(log, start=1):
+        events, t = to_events(batch, t)
+        if events:
+            model.update(events)
+        with_cutoffs = ref.serving_arrays(model.snapshot(version))
+        model._cutoffs[:] = -np.inf
+        without = ref.serving_arrays(model.snapshot(version))
+        for name in ("indptr", "indices", "scores"):
+            np.testing.assert_array_equal(with_cutoffs[name], without[name], err_msg=name)
+        model.snapshot(version)  # leave cutoffs for the next round, as serving does
