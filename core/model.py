@@ -430,7 +430,8 @@ class CoVisitModel:
         n_links = base.n_links - int((base.ends[old] - base.starts[old]).sum()) + len(indices)
         longest = max(base.max_row_length, int(np.diff(indptr).max(initial=0)))
         pool = self._pool
-        if pool is not None and base.indices is pool[0] and self._pool_fill + len(indices) <= len(pool[0]):
+        in_pool = pool is not None and base.indices is pool[0]
+        if in_pool and self._pool_fill + len(indices) <= len(pool[0]):
             starts, ends = np.empty(n_items, dtype=np.int64), np.empty(n_items, dtype=np.int64)
             kb.append_rows(base.starts, base.ends, rows, indptr, indices, scores, *pool,
                            self._pool_fill, starts, ends)

@@ -34,7 +34,9 @@ ARRAYS = {
 }
 
 
+# splice_rows with nothing to splice in: packs the rows
 _NO_ROWS = np.empty(0, dtype=np.int64)
+_NO_CSR = (np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float32))
 
 
 class SnapshotError(ValueError):
@@ -101,8 +103,7 @@ class Snapshot:
             return indptr, self.indices[:indptr[n]], self.scores[:indptr[n]]
         out = (np.empty(n + 1, dtype=np.int64), np.empty(self.n_links, dtype=np.int32),
                np.empty(self.n_links, dtype=np.float32))
-        kb.splice_rows(self.starts, self.ends, self.indices, self.scores, _NO_ROWS, out[0][:1],
-                       out[1][:0], out[2][:0], *out)
+        kb.splice_rows(self.starts, self.ends, self.indices, self.scores, _NO_ROWS, *_NO_CSR, *out)
         return out
 
     def nbytes(self) -> int:
@@ -170,16 +171,18 @@ class Snapshot:
             arrays[name] = array
         indptr = arrays["indptr"]
         if len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(arrays["indices"]):
-            raise SnapshotError("inconsistent snapshot: indptr does not match the item count and indices")
+            raise SnapshotError("inconsistent snapshot: indptr does not match the item count and "
+                                "indices")
         if np.any(np.diff(indptr) < 0):
             raise SnapshotError("inconsistent snapshot: indptr is not monotonic")
         try:
             items = IdMap.from_arrays(arrays.pop("item_bytes"), arrays.pop("item_offsets"))
             config = ModelConfig.from_dict(meta["config"])
-            snapshot = cls.from_csr(version=int(meta["model_version"]), parent=meta.get("parent_version"),
-                           config=config, items=items, watermark=int(meta["event_watermark"]),
-                           created_at=float(meta["created_at"]), meta=dict(meta.get("meta", {})),
-                           **arrays)
+            snapshot = cls.from_csr(version=int(meta["model_version"]),
+                                    parent=meta.get("parent_version"), config=config, items=items,
+                                    watermark=int(meta["event_watermark"]),
+                                    created_at=float(meta["created_at"]),
+                                    meta=dict(meta.get("meta", {})), **arrays)
         except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
             raise SnapshotError(f"{path}: inconsistent snapshot ({exc})") from None
         snapshot.check()
