@@ -190,6 +190,26 @@ def emit_pairs(seqs, items, weights, times, bounds, start_items, start_w, start_
               True, fill[k], cols, vals, weights[:0])
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _add_pairs(where, cols, vals, p_lo, p_hi, out_cols, out_vals, at, m):
+    """Add the pairs cols/vals[p_lo:p_hi] in log order to the row of m cells at
+    out_cols/out_vals[at:], whose column positions `where` holds (-1: not in the row): a pair
+    adds to its cell, or starts a new one after the others. Returns the row's new length."""
+    for q in range(p_lo, p_hi):
+        if q + AHEAD < p_hi:
+            _prefetch(where, cols[q + AHEAD])
+        c = cols[q]
+        p = where[c]
+        if p < 0:
+            where[c] = m
+            out_cols[at + m] = c
+            out_vals[at + m] = vals[q]
+            m += 1
+        else:
+            out_vals[at + p] += vals[q]
+    return m
+
+
 @njit(nogil=True, cache=True, parallel=True)
 def merge_buckets(indptr, indices, data, region, cols, vals, row_bounds, where, lengths):
     """Merge the bucket of each row that got pairs with its old columns, inside the buffer.
@@ -214,18 +234,8 @@ def merge_buckets(indptr, indices, data, region, cols, vals, row_bounds, where, 
                     cols[out + q] = c
                     vals[out + q] = data[lo + q]
                     position[c] = q
-                for q in range(pairs, end):  # writes stay at or behind q: in place is safe
-                    if q + AHEAD < end:
-                        _prefetch(position, cols[q + AHEAD])
-                    c = cols[q]
-                    p = position[c]
-                    if p < 0:
-                        position[c] = m
-                        cols[out + m] = c
-                        vals[out + m] = vals[q]
-                        m += 1
-                    else:
-                        vals[out + p] += vals[q]
+                # writes stay at or behind the pair read: in place is safe
+                m = _add_pairs(position, cols, vals, pairs, end, cols, vals, out, m)
                 for q in range(out, out + m):
                     position[cols[q]] = -1
             lengths[r] = m
@@ -390,16 +400,7 @@ def merge_in_place(starts, ends, limits, indices, data, fill, rows, bounds, cols
             lo = fill
             starts[r], limits[r] = lo, lo + 2 * grown
             fill += 2 * grown
-        for q in range(bounds[k], bounds[k + 1]):
-            c = cols[q]
-            p = where[c]
-            if p < 0:
-                where[c] = m
-                indices[lo + m] = c
-                data[lo + m] = vals[q]
-                m += 1
-            else:
-                data[lo + p] += vals[q]
+        m = _add_pairs(where, cols, vals, bounds[k], bounds[k + 1], indices, data, lo, m)
         for q in range(lo, lo + m):
             where[indices[q]] = -1
         ends[r] = lo + m

@@ -60,10 +60,9 @@ class VersionInfo:
 
 def _yield_to_requests() -> None:
     """Run the calling (learner) thread at Linux's idle priority: it gets a core only when no
-    request thread wants it, so building never adds to request latency (on 2 cores, normal
-    priority took Recommend p99 to 3.3x idle; idle priority keeps it under 2x). Under full CPU
-    load, freshness yields instead. A waiting request thread sleeps, so a learner holding
-    the GIL is scheduled again at once."""
+    request thread wants it (on 2 cores, normal priority took the bundled model's Recommend
+    p99 to 3.3x idle; idle priority, 1.6x). Under full CPU load, freshness yields instead. A
+    waiting request thread sleeps, so a learner holding the GIL is scheduled again at once."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError) as exc:  # not Linux: normal priority
