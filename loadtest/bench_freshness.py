@@ -13,7 +13,8 @@ port, from a fresh temporary data directory) and the real CovisitClient:
 
 In each scenario, after untimed warm-up requests:
 
-1. idle: sequential RecommendItems (paced, one in flight) with contexts of 1-10 known items;
+1. idle: sequential RecommendItems (paced, one in flight) with contexts of 1-10 known items,
+   from a reader in a process of its own (as a separate client service would call);
 2. first event: one probe (below) alone, timed from its acknowledgement (with so few events
    pending the learner waits learning.max_delay_seconds before it publishes);
 3. warm-up stream, reported apart: the stream below until the learner has published
@@ -44,6 +45,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import queue
@@ -56,6 +58,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict, deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,6 +242,41 @@ def read_paced(client: CovisitClient, contexts: list[list[str]], n: int, interva
         client.recommend_items(contexts[(offset + q) % len(contexts)], k=K)
         ns.append(time.perf_counter_ns() - t0)
     return np.array(ns, np.int64)
+
+
+_reader: dict = {}  # the reader process's client, contexts and stop event
+
+
+def _reader_start(port: int, contexts: list[list[str]], stop) -> None:
+    _reader.update(client=new_client(port), contexts=contexts, stop=stop)
+
+
+def _reader_run(n: int, interval: float, seconds: float, offset: int, stoppable: bool) -> np.ndarray:
+    return read_paced(_reader["client"], _reader["contexts"], n, interval,
+                      _reader["stop"] if stoppable else None, seconds, offset)
+
+
+class Reader:
+    """The paced reader in a process of its own, as a separate client service would call: its
+    latencies then include no wait for the bench's own GIL, which the writer, the prober and the
+    monitor hold in turns (in one process with them, the reader's p99 grew with the stream's
+    client work as well as with the server's)."""
+
+    def __init__(self, port: int, contexts: list[list[str]]):
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding gRPC channels
+        self.stop = ctx.Event()
+        self._pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=_reader_start,
+                                         initargs=(port, contexts, self.stop))
+
+    def read(self, n: int, interval: float, seconds: float, offset: int = 0, stoppable: bool = False) -> np.ndarray:
+        """read_paced in the reader process; with `stoppable`, until `self.stop` is set."""
+        return self._pool.submit(_reader_run, n, interval, seconds, offset, stoppable).result()
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(cancel_futures=True)
 
 
 def probe_events(tag: str, probe: Probe, timestamp: float) -> list[Event]:
@@ -433,7 +471,7 @@ def learner_timeline(log_path: Path, t0: float, t1: float) -> dict:
     return out
 
 
-def stream_phase(port: int, traffic: Traffic, tag: str, args, seconds: float, log_path: Path,
+def stream_phase(port: int, reader: Reader, traffic: Traffic, tag: str, args, seconds: float, log_path: Path,
                  until=None, probing: bool = True) -> dict:
     """The writer, the prober, the paced reader and a monitor at once, for `seconds` (or until
     `until(publishes)` holds, checked every 0.5 s); returns what each measured. Without
@@ -443,31 +481,33 @@ def stream_phase(port: int, traffic: Traffic, tag: str, args, seconds: float, lo
         args = argparse.Namespace(**{**vars(args), "probe_every": 10**9})
     probes: queue.Queue = queue.Queue()
     writer_done, enough, abort = threading.Event(), threading.Event(), threading.Event()
+    reader.stop.clear()
     limit = 2 * seconds + args.probe_timeout + 30
     interval = args.read_interval_ms / 1e3
-    clients = [new_client(port) for _ in range(4)]
+    clients = [new_client(port) for _ in range(3)]
     try:
         def write() -> dict:
             try:
                 return write_stream(clients[0], traffic, tag, args, seconds, probes, enough)
             finally:
                 writer_done.set()
+                reader.stop.set()
 
-        before = clients[3].get_metrics()
+        before = clients[2].get_metrics()
         wall0 = time.time()
         got = run_threads({
             "writer": write,
             **({"prober": lambda: prober(clients[1], probes, writer_done, abort, args.poll_ms / 1e3,
                                          args.probe_timeout, limit)} if probing else {}),
-            "reader": lambda: read_paced(clients[2], traffic.contexts, int(2 * seconds / interval) + 10,
-                                         interval, writer_done, limit),
-            "monitor": lambda: monitor(clients[3], writer_done, 0.5, limit, until, enough),
+            "reader": lambda: reader.read(int(2 * seconds / interval) + 10, interval, limit, stoppable=True),
+            "monitor": lambda: monitor(clients[2], writer_done, 0.5, limit, until, enough),
         }, limit + 10)
         wall1 = time.time()
-        after = clients[3].get_metrics()
+        after = clients[2].get_metrics()
     finally:
         abort.set()
         writer_done.set()
+        reader.stop.set()
         for c in clients:
             c.close()
     return {**got, "before": before, "after": after,
@@ -505,8 +545,8 @@ def summarise(name: str, phase: str, got: dict, idle_p99_ms: float, args, result
     return out
 
 
-def idle_reads(client: CovisitClient, contexts: list[list[str]], args, offset: int) -> tuple[np.ndarray, dict]:
-    ns = read_paced(client, contexts, args.idle_requests, args.read_interval_ms / 1e3, None, 120.0, offset)
+def idle_reads(client: CovisitClient, reader: Reader, args, offset: int) -> tuple[np.ndarray, dict]:
+    ns = reader.read(args.idle_requests, args.read_interval_ms / 1e3, 120.0, offset)
     m = client.get_metrics()
     return ns, {"requests": len(ns), **percentiles_ms(ns), "server_p50_ms": m.latency_p50_ms,
                 "server_p99_ms": m.latency_p99_ms}
@@ -520,14 +560,14 @@ def run_scenario(name: str, server: BenchServer, traffic_for, args, results: lis
     server.start()
     traffic = traffic_for()  # made while the server loads
     startup = server.wait_serving(args.startup_timeout)
-    with new_client(server.port) as client:
+    with new_client(server.port) as client, Reader(server.port, traffic.contexts) as reader:
         status = client.get_status()
         out["start"] = {"bench": "freshness_start", "scenario": name, "seconds_to_serving": startup,
                         "model_version": status.model_version, "items": status.items, "links": status.links,
                         **server.memory()}
         emit(results, out["start"])
-        read_paced(client, traffic.contexts, args.warmup, 0.0, None, 120.0)
-        idle_before, out["idle_before"] = idle_reads(client, traffic.contexts, args, args.warmup)
+        reader.read(args.warmup, 0.0, 120.0)
+        idle_before, out["idle_before"] = idle_reads(client, reader, args, args.warmup)
         emit(results, {"bench": "recommend_idle", "scenario": name, "when": "before", **out["idle_before"]})
 
         wall = time.time()
@@ -539,19 +579,19 @@ def run_scenario(name: str, server: BenchServer, traffic_for, args, results: lis
         # Warm-up: until the learner keeps its full set of recent versions (the first publish
         # after a start copies the rows into a new pool), at least 3 s.
         start_publishes, warm_start = client.get_metrics().publishes, time.perf_counter()
-        warm = stream_phase(server.port, traffic, tag + "-w", args, args.warmup_max_seconds, server.log_path,
+        warm = stream_phase(server.port, reader, traffic, tag + "-w", args, args.warmup_max_seconds, server.log_path,
                             until=lambda p: (p - start_publishes >= KEPT_VERSIONS + 2
                                              and time.perf_counter() - warm_start >= 3.0))
         time.sleep(1.0)  # let the learner catch up
         idle_p99_before = out["idle_before"]["p99_ms"]
         out["warmup_stream"] = summarise(name, "warm-up", warm, idle_p99_before, args, results)
 
-        got = stream_phase(server.port, traffic, tag, args, args.seconds, server.log_path)
-        building = stream_phase(server.port, traffic, tag + "-b", args, args.seconds, server.log_path,
+        got = stream_phase(server.port, reader, traffic, tag, args, args.seconds, server.log_path)
+        building = stream_phase(server.port, reader, traffic, tag + "-b", args, args.seconds, server.log_path,
                                 probing=False)
         out["memory"] = server.memory()
         status = client.get_status()
-        idle_after, out["idle_after"] = idle_reads(client, traffic.contexts, args, args.warmup + args.idle_requests)
+        idle_after, out["idle_after"] = idle_reads(client, reader, args, args.warmup + args.idle_requests)
         emit(results, {"bench": "recommend_idle", "scenario": name, "when": "after", **out["idle_after"]})
     # the idle reference: both idle runs pooled (this VM's p99 moves between runs of a few seconds)
     idle = np.concatenate([idle_before, idle_after])
