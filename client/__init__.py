@@ -10,10 +10,10 @@ Failed calls raise ``grpc.RpcError`` unchanged (see ``covisit.client.client``).
 """
 
 from covisit.client.client import CovisitClient
-from covisit.client.types import (Alert, Event, Experiment, Item, Metrics, ModelVersion, Promotion, Rebuild,
-                                  Recommendations, RecommendedItem, Resume, Rollback, ShadowStats, SimilarItems,
-                                  Status, VersionFeedback)
+from covisit.client.types import (Alert, ArmFeedback, DriftStats, Event, Experiment, ExposureStats, Item, Metrics,
+                                  ModelVersion, Promotion, Rebuild, Recommendations, RecommendedItem, Resume,
+                                  Rollback, ShadowStats, SimilarItems, SloCheck, Status, VersionFeedback)
 
-__all__ = ["Alert", "CovisitClient", "Event", "Experiment", "Item", "Metrics", "ModelVersion", "Promotion",
-           "Rebuild", "Recommendations", "RecommendedItem", "Resume", "Rollback", "ShadowStats", "SimilarItems",
-           "Status", "VersionFeedback"]
+__all__ = ["Alert", "ArmFeedback", "CovisitClient", "DriftStats", "Event", "Experiment", "ExposureStats", "Item",
+           "Metrics", "ModelVersion", "Promotion", "Rebuild", "Recommendations", "RecommendedItem", "Resume",
+           "Rollback", "ShadowStats", "SimilarItems", "SloCheck", "Status", "VersionFeedback"]

@@ -179,6 +179,71 @@ class ShadowStats:
 
 
 @dataclass(frozen=True)
+class SloCheck:
+    """One service level measured now: ``ok`` when ``value`` meets ``target`` (latency and
+    freshness below it, the cache hit rate above)."""
+
+    name: str
+    value: float
+    target: float
+    ok: bool
+    description: str
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb2.SloCheck) -> SloCheck:
+        return _from_fields(cls, msg)
+
+
+@dataclass(frozen=True)
+class ExposureStats:
+    """Exposure of the server's newest responses: coverage of the known items, the Gini
+    coefficient and entropy (bits) of exposure, and the share of slots by source."""
+
+    responses: int
+    slots: int
+    distinct_items: int
+    coverage: float
+    gini: float
+    entropy_bits: float
+    source_shares: dict[str, float]
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb2.ExposureStats) -> ExposureStats:
+        return _from_fields(cls, msg, source_shares=dict(msg.source_shares))
+
+
+@dataclass(frozen=True)
+class ArmFeedback:
+    """Impressions, clicks and CTR of one model line in one arm ("serving" or "ab")."""
+
+    version: str
+    arm: str
+    impressions: int
+    clicks: int
+    ctr: float
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb2.ArmFeedback) -> ArmFeedback:
+        return _from_fields(cls, msg)
+
+
+@dataclass(frozen=True)
+class DriftStats:
+    """CTR over the recent window and its trailing baseline; the Jensen-Shannon divergence of
+    recent vs trailing event items (None until both windows are full)."""
+
+    ctr_recent: float
+    ctr_baseline: float
+    recent_impressions: int
+    baseline_impressions: int
+    item_divergence: float | None
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb2.DriftStats) -> DriftStats:
+        return _from_fields(cls, msg, item_divergence=msg.item_divergence if msg.HasField("item_divergence") else None)
+
+
+@dataclass(frozen=True)
 class Status:
     """The serving model and the server's state (GetStatus). ``pinned_version`` is "" unless a
     rollback pinned one; ``learning`` is "learning", "pinned" or "replaying"; ``ab_test`` and
@@ -202,13 +267,14 @@ class Status:
     shadow: Experiment | None
     feedback: tuple[VersionFeedback, ...]
     counts_digest: str  # "" unless asked for
+    slos: tuple[SloCheck, ...]
 
     @classmethod
     def from_proto(cls, msg: admin_pb2.GetStatusResponse) -> Status:
         return _from_fields(cls, msg, config=dict(msg.config),
                             alerts=tuple(Alert.from_proto(a) for a in msg.alerts),
                             ab_test=_experiment(msg, "ab_test"), shadow=_experiment(msg, "shadow"),
-                            feedback=_feedback(msg.feedback))
+                            feedback=_feedback(msg.feedback), slos=tuple(SloCheck.from_proto(c) for c in msg.slos))
 
 
 @dataclass(frozen=True)
@@ -251,11 +317,22 @@ class Metrics:
     auto_rollbacks: int
     shadow: ShadowStats | None
     freshness_lag_seconds: float
+    hit_rate: float
+    exposure: ExposureStats
+    arms: tuple[ArmFeedback, ...]
+    drift: DriftStats
+    events_rejected_by: dict[str, int]
+    predictions_logged: int
+    predictions_dropped: int
+    waiting_seconds: float
 
     @classmethod
     def from_proto(cls, msg: admin_pb2.GetMetricsResponse) -> Metrics:
         shadow = ShadowStats.from_proto(msg.shadow) if msg.HasField("shadow") else None
-        return _from_fields(cls, msg, feedback=_feedback(msg.feedback), shadow=shadow)
+        return _from_fields(cls, msg, feedback=_feedback(msg.feedback), shadow=shadow,
+                            exposure=ExposureStats.from_proto(msg.exposure),
+                            arms=tuple(ArmFeedback.from_proto(a) for a in msg.arms),
+                            drift=DriftStats.from_proto(msg.drift), events_rejected_by=dict(msg.events_rejected_by))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from covisit.core.events import Event, InvalidEvent, check_events, check_id
 from covisit.core.experiments import Experiments
 from covisit.core.feedback_stats import VersionFeedback, auto_rollback_reason
 from covisit.core.learner import Learner, VersionInfo, line_of
+from covisit.core.monitor import Monitor
 from covisit.core.scoring import Scored, recommend, similar_items
 from covisit.core.snapshot import Snapshot
 
@@ -72,11 +73,12 @@ class LruMap:
 class Engine:
     """`limits`, `cache`, `history`, `exploration` and `learning` are the server's config
     sections (any objects with the same attributes). `data_dir` (None: nothing persists) holds
-    checkpoints; `log` is the durable event log (default: in memory)."""
+    checkpoints; `log` is the durable event log (default: in memory); `monitor` watches
+    responses, feedback and events (default: one without a prediction log)."""
 
     def __init__(self, model_config: ModelConfig, *, limits, cache, history, exploration, learning,
                  catalog: Catalog | None = None, log: EventLog | None = None,
-                 data_dir: str | os.PathLike | None = None, clock=time.time):
+                 data_dir: str | os.PathLike | None = None, clock=time.time, monitor: Monitor | None = None):
         self.model_config = model_config
         self.limits, self.cache_config, self.exploration = limits, cache, exploration
         self.learning = learning
@@ -88,22 +90,29 @@ class Engine:
         self.learner = Learner(model_config, self.learning, self.event_log, data_dir, clock)
         self.feedback = VersionFeedback(window=self.learning.feedback_window)
         self.experiments = Experiments(self.learner, clock)
+        self.monitor = monitor or Monitor(clock=clock)
         self.alerts: dict[str, tuple[str, float]] = {}  # kind -> (reason, raised_at)
         self._ctr_floor_line: int | None = None  # the line a CTR-floor rebuild was asked for
         self._history = LruMap(history.max_users)
         self._max_user_items = history.max_items_per_user
         self._cache = LruMap(cache.max_entries)
-        self._shown = LruMap(100_000)  # request id -> the line that answered it, for feedback
+        self._shown = LruMap(100_000)  # request id -> (the line that answered it, its arm)
         self._random = random.Random(exploration.seed)
         self._random_lock = threading.Lock()
         self.counters = {"recommend_requests": 0, "cache_hits": 0, "events_accepted": 0,
                          "events_rejected": 0, "impressions": 0, "clicks": 0, "auto_rollbacks": 0}
+        self.rejected_by_field: dict[str, int] = {}  # events rejected, by the field at fault
         self._counters_lock = threading.Lock()
         self._rollback_lock = threading.Lock()
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._counters_lock:
             self.counters[name] += n
+
+    def _count_rejected(self, field: str, n: int) -> None:
+        with self._counters_lock:
+            self.counters["events_rejected"] += n
+            self.rejected_by_field[field] = self.rejected_by_field.get(field, 0) + n
 
     # ---- the model ---------------------------------------------------------------------
     @property
@@ -131,6 +140,7 @@ class Engine:
     def close(self) -> None:
         self.learner.stop()
         self.experiments.close()
+        self.monitor.close()
 
     def load(self, events: Sequence[Event], timeout: float = 60.0) -> None:
         """Check and log `events`, start learning if not started, and wait until they serve."""
@@ -160,6 +170,7 @@ class Engine:
         self._newest_logged = max(self._newest_logged, max(e.timestamp for e in events))
         self.learner.notify()
         self._count("events_accepted", len(events))
+        self.monitor.events(events)
         return len(events)
 
     def _check_batch(self, events: Sequence[Event]) -> None:
@@ -175,8 +186,8 @@ class Engine:
                 if not limits.min_timestamp <= ev.timestamp <= latest:
                     raise InvalidEvent("timestamp", f"must be between {limits.min_timestamp:.0f} and now + "
                                        f"{limits.max_future_seconds:.0f}s, got {ev.timestamp!r}", i)
-        except InvalidArgument:
-            self._count("events_rejected", len(events))
+        except InvalidArgument as exc:
+            self._count_rejected(exc.field, len(events))
             raise
 
     def _remember(self, ev: Event) -> None:
@@ -249,7 +260,9 @@ class Engine:
                 self._cache.put(key, (self.clock(), items))
         items = self._explore(snap, items, context, exclude_items, allowed_items, categories)
         request_id = uuid.uuid4().hex
-        self._shown.put(request_id, line_of(snap))
+        arm = "serving" if snap is serving else "ab"
+        self._shown.put(request_id, (line_of(snap), arm))
+        self.monitor.responded(request_id, user_id, context, items, snap.version, arm)
         if snap is serving and self.experiments.shadowing:
             self.experiments.maybe_shadow(
                 [i.item_id for i in items],
@@ -333,31 +346,34 @@ class Engine:
 
     # ---- feedback ----------------------------------------------------------------------
     def record_impressions(self, request_id: str, user_id: str, item_ids: Sequence[str]) -> int:
-        line = self._shown_line(request_id)
+        line, arm = self._shown_line(request_id)
         if user_id:
             check_id("user_id", user_id)
         for i, item_id in enumerate(item_ids):
             check_id(f"item_ids[{i}]", item_id)
         self.feedback.impression(request_id, line, len(item_ids))
+        self.monitor.shown(request_id, line, arm, item_ids)
         self._count("impressions", len(item_ids))
         self._watch_ctr()
         return len(item_ids)
 
     def record_click(self, request_id: str, user_id: str, item_id: str) -> None:
-        line = self._shown_line(request_id)
+        line, arm = self._shown_line(request_id)
         if user_id:
             check_id("user_id", user_id)
         check_id("item_id", item_id)
         self.feedback.click(request_id, line)
+        self.monitor.clicked(request_id, line, arm, item_id)
         self._count("clicks", 1)
         self._watch_ctr()
 
-    def _shown_line(self, request_id: str) -> int:
+    def _shown_line(self, request_id: str) -> tuple[int, str]:
+        """(line, arm) of the response `request_id` names."""
         check_id("request_id", request_id)
-        line = self._shown.get(request_id)
-        if line is None:
+        shown = self._shown.get(request_id)
+        if shown is None:
             raise NotFound(f"request_id {request_id!r} is unknown (or too old)")
-        return line
+        return shown
 
     def _watch_ctr(self) -> None:
         """Auto-rollback when the serving line's window CTR falls well below the previous
@@ -405,11 +421,16 @@ class Engine:
                 "users": len(self._history), "catalog_items": len(self.catalog),
                 "pinned_version": learner.pinned, "learning": learner.state,
                 "events_pending": learner.pending(), "log_events": self.event_log.durable_offset,
-                "alerts": [(kind, reason, at) for kind, (reason, at) in self.alerts.items()]
-                + ([("learner", f"learning stopped: {learner.error}; the last model keeps serving", now)]
-                   if learner.state == "failed" else []),
+                "alerts": self.status_alerts(),
                 "ab_test": self.experiments.describe("ab"), "shadow": self.experiments.describe("shadow"),
                 "feedback": self.version_feedback()}
+
+    def status_alerts(self) -> list[tuple[str, str, float]]:
+        """(kind, reason, raised at) of each alert raised and not cleared."""
+        learner = self.learner
+        failed = ([("learner", f"learning stopped: {learner.error}; the last model keeps serving", self.clock())]
+                  if learner.state == "failed" else [])
+        return [(kind, reason, at) for kind, (reason, at) in list(self.alerts.items())] + failed
 
     def version_feedback(self) -> list[dict]:
         out = []
@@ -424,9 +445,21 @@ class Engine:
         learner = self.learner
         serving = learner.serving
         lag = max(0.0, self._newest_logged - serving.meta.get("newest_event", 0.0)) if serving else 0.0
+        monitor = self.monitor
+        recent, baseline, recent_n, baseline_n = monitor.ctr_drift.figures()
+        predictions = monitor.predictions
         return {"feedback": self.version_feedback(), "publishes": learner.publishes,
                 "auto_rollbacks": self.counters["auto_rollbacks"], "shadow": self.experiments.shadow_stats(),
-                "freshness_lag_seconds": lag}
+                "freshness_lag_seconds": lag, "waiting_seconds": learner.waited_seconds(),
+                "hit_rate": monitor.hits.rate,
+                "exposure": monitor.exposure_stats(serving.n_items if serving else 0)._asdict(),
+                "arms": [{"version": line, "arm": arm, "impressions": shown, "clicks": clicks,
+                          "ctr": clicks / shown if shown else 0.0} for line, arm, shown, clicks in monitor.feedback()],
+                "drift": {"ctr_recent": recent, "ctr_baseline": baseline, "recent_impressions": recent_n,
+                          "baseline_impressions": baseline_n, "item_divergence": monitor.item_drift.divergence()},
+                "events_rejected_by": dict(self.rejected_by_field),
+                "predictions_logged": predictions.written if predictions else 0,
+                "predictions_dropped": predictions.dropped if predictions else 0}
 
     def upsert_items(self, items: Sequence[tuple[str, Sequence[str], bool, Sequence[str]]]) -> int:
         """(item_id, categories, available, tags) tuples, all checked before any is written."""

@@ -31,6 +31,7 @@ import os
 import re
 import struct
 import threading
+import time
 from array import array
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -225,6 +226,7 @@ class LocalEventLog:
         self.segment_bytes = segment_bytes
         self.recovered: dict = {}  # the torn tail opening cut off: segment, bytes, reason
         self.fsyncs = 0  # fdatasyncs of segment data; one group commit counts once
+        self.on_fsync = lambda seconds: None  # each fdatasync's duration (for metrics)
 
         # _write_lock guards the files, _segments, _written and _closed; _cond guards _durable,
         # _syncing, _failed and fsyncs. Order: _write_lock, then _cond, never the other way.
@@ -350,6 +352,12 @@ class LocalEventLog:
             if deleted:
                 fsync_dir(self.directory)
         return deleted
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes in the segment files."""
+        with self._write_lock:
+            return sum(segment.size for segment in self._segments)
 
     @property
     def start_offset(self) -> int:
@@ -488,7 +496,9 @@ class LocalEventLog:
             os.close(fd)
 
     def _sync_fd(self, fd: int) -> None:
+        started = time.perf_counter()
         _fdatasync(fd)
+        self.on_fsync(time.perf_counter() - started)
         with self._cond:
             self.fsyncs += 1
 

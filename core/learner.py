@@ -124,6 +124,8 @@ class Learner:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.on_serving = lambda: None  # called once the first snapshot serves
+        self.on_build = lambda kind, seconds: None  # each snapshot built ("full" or "incremental")
+        self.on_swap = lambda seconds: None  # each publish: from built to serving (lock wait included)
 
     # ---- running ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -151,6 +153,13 @@ class Learner:
 
     def pending(self) -> int:
         return max(0, self.event_log.durable_offset - self._applied)
+
+    def waited_seconds(self) -> float:
+        """How long logged events have waited to be learned (0 when none wait): the staleness
+        an operator can act on, unlike the age of the newest event, which grows when no events
+        come."""
+        since = self._pending_since
+        return time.monotonic() - since if since is not None and self.pending() else 0.0
 
     def wait_learned(self, timeout: float = 30.0) -> bool:
         """Wait until the serving model reflects the log as it ends now; False on timeout, or
@@ -309,10 +318,12 @@ class Learner:
         parent = self.serving.version if self.serving is not None else None
         version = self._new_version()
         self._building = version
+        started = time.perf_counter()
         try:
             snap = self._model.snapshot(version=version, parent=parent, base=base)
         finally:
             self._building = None
+        self.on_build("incremental" if base is not None else "full", time.perf_counter() - started)
         snap.meta.update(line=line if line is not None else version, newest_event=self._newest_event,
                          log_offset=self._applied)
         return snap
@@ -324,9 +335,11 @@ class Learner:
         if base is not None and not self._model.can_rebase(base):
             base = None
         snap = self._snapshot(base, line=line_of(base) if base is not None else None)
+        started = time.perf_counter()
         with self._lock:
             if self.pinned is None:
                 self._start_line(snap)
+        self.on_swap(time.perf_counter() - started)
 
     def _full_build(self, reason: str, gate: bool) -> int:
         """Re-prune everything from the exact counts into a checkpoint; it serves at once when

@@ -20,8 +20,10 @@ from covisit.core.catalog import Catalog, catalog_from_diginetica, catalog_from_
 from covisit.core.datasets import read_events_file, read_preset
 from covisit.core.engine import Engine
 from covisit.core.eventlog import LocalEventLog
+from covisit.core.monitor import Monitor
 from covisit.server.config import Config, ConfigError
 from covisit.server.interceptor import Latencies, ServiceInterceptor
+from covisit.server.metrics import AlertWatcher, ServerMetrics
 from covisit.server.service import AdminServicer, FeedbackServicer, RecommendServicer
 from covisit.v1 import admin_pb2, admin_pb2_grpc, feedback_pb2, feedback_pb2_grpc
 from covisit.v1 import recommend_pb2, recommend_pb2_grpc
@@ -105,13 +107,18 @@ def _credentials(s) -> grpc.ServerCredentials | None:
 
 
 class CovisitServer:
-    """The running gRPC server; stopping it also closes the event log, once requests are done."""
+    """The running gRPC server; stopping it also closes the event log, once requests are done.
+    `metrics_port` is the Prometheus endpoint's port (None when it is off)."""
 
-    def __init__(self, server: grpc.Server, engine: Engine):
+    def __init__(self, server: grpc.Server, engine: Engine, metrics: ServerMetrics, watcher: AlertWatcher,
+                 metrics_port: int | None):
         self._server, self.engine = server, engine
+        self.metrics, self._watcher, self.metrics_port = metrics, watcher, metrics_port
 
     def stop(self, grace: float | None) -> threading.Event:
         self._server.stop(grace).wait()
+        self._watcher.stop()
+        self.metrics.stop()
         self.engine.close()
         self.engine.event_log.close()
         done = threading.Event()
@@ -139,18 +146,22 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
                                   interval_ms=learning.fsync_interval_ms)
         engine = Engine(config.model, limits=config.limits, cache=config.cache, history=config.history,
                         exploration=config.exploration, learning=learning, catalog=catalog,
-                        log=event_log, data_dir=s.data_dir)
+                        log=event_log, data_dir=s.data_dir, monitor=Monitor.from_settings(config.monitor, s.data_dir))
     latencies = Latencies()
+    monitor, cache_on = config.monitor, config.cache.enabled
+    metrics = ServerMetrics(engine, latencies, monitor, cache_on)
     options = [("grpc.max_receive_message_length", s.max_message_bytes),
                ("grpc.max_send_message_length", s.max_message_bytes),
                # grpcio shares ports by default: a second server on a taken port would silently
                # get half the traffic (with its own model and log); make that a start error
                ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.max_workers), options=options,
-                         interceptors=[ServiceInterceptor(s.admin_token, s.insecure_admin, latencies)])
+                         interceptors=[ServiceInterceptor(s.admin_token, s.insecure_admin, latencies,
+                                                          metrics.observe_rpc)])
     recommend_pb2_grpc.add_RecommendServiceServicer_to_server(RecommendServicer(engine), server)
     feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackServicer(engine), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(engine, config.summary(), latencies), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(engine, config.summary(), latencies, monitor, cache_on), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -164,6 +175,17 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
     if port == 0:
         engine.event_log.close()  # free the log's lock for the next attempt
         raise OSError(f"cannot bind {address}")
+    metrics_port = None
+    if monitor.metrics_enabled:
+        try:
+            metrics_port = metrics.serve(monitor.metrics_host, monitor.metrics_port)
+        except OSError as exc:
+            server.stop(None)  # release the gRPC port too
+            engine.event_log.close()
+            raise OSError(f"cannot bind the metrics endpoint {monitor.metrics_host}:{monitor.metrics_port} "
+                          f"({exc.strerror or exc}); set monitor.metrics_port, or monitor.metrics_enabled "
+                          f"= false") from exc
+    watcher = AlertWatcher(engine, latencies, monitor, cache_on)
 
     def set_health(status) -> None:
         for name in ("", *SERVICES):
@@ -171,6 +193,7 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
 
     set_health(health_pb2.HealthCheckResponse.SERVING if engine.ready else health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
+    watcher.start()
     if load and not engine.ready:
         def loader() -> None:
             try:
@@ -178,8 +201,9 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
             except Exception:
                 log.exception("loading the model failed; the server stays NOT_SERVING")
         threading.Thread(target=loader, name="covisit-load", daemon=True).start()
-    log.info("covisit serving on %s (%s)", f"{s.host}:{port}", "TLS" if credentials else "plaintext")
-    return CovisitServer(server, engine), port
+    log.info("covisit serving on %s (%s)%s", f"{s.host}:{port}", "TLS" if credentials else "plaintext",
+             f"; metrics on http://{monitor.metrics_host}:{metrics_port}/metrics" if metrics_port else "")
+    return CovisitServer(server, engine, metrics, watcher, metrics_port), port
 
 
 def serve(config: Config) -> None:

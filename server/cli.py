@@ -242,6 +242,23 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from covisit.server.top import run
+
+    with _client(args, admin_token=args.token or os.environ.get(ADMIN_TOKEN_ENV)) as client:
+        return run(client, args.interval, args.frames)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from covisit.core.report import format_report, report
+
+    if not Path(args.log).is_dir():
+        raise ValueError(f"--log: {args.log} is not a directory")
+    rep = report(args.log, catalog_size=args.catalog_size)
+    print(json.dumps(rep, indent=2, default=str) if args.json else format_report(rep))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from covisit.server.app import serve
     from covisit.server.config import load_config
@@ -310,6 +327,22 @@ def build_parser() -> argparse.ArgumentParser:
         _add_remote_args(a)
         a.add_argument("--token", help=f"admin token (default: ${ADMIN_TOKEN_ENV}, which keeps it out of ps)")
         a.set_defaults(func=cmd_admin)
+
+    p = sub.add_parser("top", help=f"a live view of a running server's key figures (token: --token or {ADMIN_TOKEN_ENV})")
+    _add_remote_args(p)
+    p.add_argument("--token", help=f"admin token (default: ${ADMIN_TOKEN_ENV})")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default %(default)s)")
+    p.add_argument("--frames", type=int, help="stop after this many refreshes (default: until Ctrl-C)")
+    p.set_defaults(func=cmd_top)
+
+    p = sub.add_parser("report", help="offline CTR, hit rate, coverage, Gini and per-version figures "
+                                      "from a server's prediction log")
+    p.add_argument("--log", required=True, metavar="DIR",
+                   help="the prediction log directory (default on a server: <data_dir>/predictions)")
+    p.add_argument("--catalog-size", type=int, metavar="N",
+                   help="items in the catalog, for coverage (default: distinct items seen in the log)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("serve", help="run the gRPC server (settings: defaults < --config TOML < COVISIT_* env < flags)")
     p.add_argument("--config", metavar="FILE", help="TOML settings file")

@@ -1,10 +1,10 @@
 """Server settings: one typed tree with defaults in code, read once at start-up.
 
 Layers, later ones winning: the defaults below, a TOML file (sections ``[server]``, ``[limits]``,
-``[cache]``, ``[history]``, ``[exploration]``, ``[learning]``, ``[model]`` and ``[model.event_weights]``),
-environment variables ``COVISIT_<SECTION>_<FIELD>`` (``COVISIT_SERVER_PORT=6000``, plus
-``COVISIT_ADMIN_TOKEN`` for ``server.admin_token``), and dotted overrides from command-line
-flags (``{"server.port": 0}``). A ``[model.event_weights]`` table replaces the default weights
+``[cache]``, ``[history]``, ``[exploration]``, ``[learning]``, ``[monitor]``, ``[model]`` and
+``[model.event_weights]``), environment variables ``COVISIT_<SECTION>_<FIELD>``
+(``COVISIT_SERVER_PORT=6000``, plus ``COVISIT_ADMIN_TOKEN`` for ``server.admin_token``), and
+dotted overrides from command-line flags (``{"server.port": 0}``). A ``[model.event_weights]`` table replaces the default weights
 whole: it lists every event type the server accepts. Every setting is type-checked and
 range-checked as it is applied; any problem raises ``ConfigError`` naming where the value came
 from and its key.
@@ -231,6 +231,57 @@ class LearningConfig(_Section):
 
 
 @dataclass(frozen=True)
+class MonitorConfig(_Section):
+    # Prometheus metrics over HTTP at http://metrics_host:metrics_port/metrics (0: any free port).
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    # Exposure (coverage, Gini, entropy, source shares) and hit rate over the newest responses.
+    exposure_window: int = 10_000
+    # CTR drift: CTR over the last ctr_window_seconds vs the ctr_baseline_seconds before it (the
+    # original design's weekly trend); an alert once it is ctr_drop (relative) below, when both
+    # hold at least ctr_min_impressions.
+    ctr_window_seconds: float = 3600.0
+    ctr_baseline_seconds: float = 7 * 86400.0
+    ctr_drop: float = 0.2
+    ctr_min_impressions: int = 1000
+    # Item drift: Jensen-Shannon divergence (bits) of the newest drift_window events' items vs
+    # the drift_baseline events before them; an alert above drift_threshold.
+    drift_window: int = 10_000
+    drift_baseline: int = 50_000
+    drift_threshold: float = 0.2
+    # SLOs reported in GetStatus (alerts fire when latency or freshness miss them).
+    slo_latency_p95_ms: float = 50.0
+    slo_freshness_seconds: float = 3600.0
+    slo_cache_hit_rate: float = 0.8
+    # How often alerts are evaluated.
+    check_seconds: float = 5.0
+    # A rotating JSONL log of responses, impressions and clicks ("" = <data_dir>/predictions).
+    prediction_log: bool = True
+    prediction_log_dir: str = ""
+    prediction_log_sample_rate: float = 1.0
+    prediction_log_file_mb: int = 64
+    prediction_log_files: int = 8
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        return [
+            *((name, isinstance(getattr(self, name), bool), "true or false") for name in
+              ("metrics_enabled", "prediction_log")),
+            ("metrics_host", isinstance(self.metrics_host, str) and bool(self.metrics_host), "a non-empty string"),
+            ("metrics_port", _int(self.metrics_port, 0, 65535), "an integer in 0..65535"),
+            *((name, _int(getattr(self, name), 1), "an integer >= 1") for name in
+              ("exposure_window", "ctr_min_impressions", "drift_window", "drift_baseline",
+               "prediction_log_file_mb", "prediction_log_files")),
+            *((name, _num(getattr(self, name)) and getattr(self, name) > 0, "a number > 0") for name in
+              ("ctr_window_seconds", "ctr_baseline_seconds", "slo_latency_p95_ms", "slo_freshness_seconds",
+               "check_seconds")),
+            *((name, _num(getattr(self, name)) and 0 <= getattr(self, name) <= 1, "a number in [0, 1]")
+              for name in ("ctr_drop", "drift_threshold", "slo_cache_hit_rate", "prediction_log_sample_rate")),
+            ("prediction_log_dir", isinstance(self.prediction_log_dir, str), "a string"),
+        ]
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -238,6 +289,7 @@ class Config:
     history: HistoryConfig = field(default_factory=HistoryConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     learning: LearningConfig = field(default_factory=LearningConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:

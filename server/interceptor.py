@@ -83,12 +83,15 @@ def _checked_stream(requests):
 
 class ServiceInterceptor(grpc.ServerInterceptor):
     """Maps core errors to status codes (anything else is INTERNAL, logged), guards the admin
-    service with a bearer token, and records each handler's latency."""
+    service with a bearer token, and records each handler's latency; `observe(method, code
+    name, seconds)` also gets every call (metrics)."""
 
-    def __init__(self, admin_token: str, insecure_admin: bool, latencies: Latencies):
+    def __init__(self, admin_token: str, insecure_admin: bool, latencies: Latencies,
+                 observe=lambda method, code, seconds: None):
         self._token = admin_token.encode()
         self._insecure_admin = insecure_admin
         self.latencies = latencies
+        self._observe = observe
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -121,7 +124,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 log.exception("%s failed", method)
                 code, message = grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
             finally:
-                self.latencies.add(method, time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                self.latencies.add(method, seconds)
+                self._observe(method, code.name if code is not None else "OK", seconds)
             context.abort(code, message)  # outside the try: abort works by raising
 
         return wrap(guarded, request_deserializer=_tolerant(handler.request_deserializer),

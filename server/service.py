@@ -10,6 +10,7 @@ from covisit.core.engine import Engine, Recommendation, VersionInfo
 from covisit.core.errors import InvalidArgument
 from covisit.core.events import Event
 from covisit.core.scoring import Scored
+from covisit.server.metrics import RECOMMEND_METHOD, slo_checks
 from covisit.v1 import admin_pb2, admin_pb2_grpc, feedback_pb2, feedback_pb2_grpc
 from covisit.v1 import recommend_pb2, recommend_pb2_grpc
 
@@ -22,7 +23,6 @@ SOURCES = {
     kt.SOURCE_POPULARITY: recommend_pb2.RecommendedItem.POPULARITY,
     kt.SOURCE_EXPLORATION: recommend_pb2.RecommendedItem.EXPLORATION,
 }
-RECOMMEND_METHOD = "/covisit.v1.RecommendService/RecommendItems"
 
 
 def _items(scored: list[Scored]) -> list[recommend_pb2.RecommendedItem]:
@@ -129,10 +129,14 @@ def _shadow_stats(stats: dict | None) -> admin_pb2.ShadowStats | None:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, engine: Engine, config_summary: dict[str, str], latencies):
+    """`monitor` is the [monitor] config section (SLO targets); `cache_enabled` whether the
+    cache's hit rate is an SLO."""
+
+    def __init__(self, engine: Engine, config_summary: dict[str, str], latencies, monitor, cache_enabled: bool):
         self.engine = engine
         self.config_summary = config_summary
         self.latencies = latencies
+        self.monitor, self.cache_enabled = monitor, cache_enabled
 
     def GetStatus(self, request, context):
         status = self.engine.status()
@@ -145,7 +149,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                                       for kind, reason, raised_at in status["alerts"]],
                            "ab_test": _experiment(status["ab_test"]), "shadow": _experiment(status["shadow"]),
                            "feedback": _feedback(status["feedback"])}
-        return admin_pb2.GetStatusResponse(config=self.config_summary, **status)
+        slos = [admin_pb2.SloCheck(**c._asdict())
+                for c in slo_checks(self.engine, self.latencies, self.monitor, self.cache_enabled)]
+        return admin_pb2.GetStatusResponse(config=self.config_summary, slos=slos, **status)
 
     def ListModelVersions(self, request, context):
         return admin_pb2.ListModelVersionsResponse(versions=[_model_version(v) for v in self.engine.versions()])
@@ -195,7 +201,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.GetMetricsResponse(**(c | m | {
             "ctr": c["clicks"] / c["impressions"] if c["impressions"] else 0.0,
             "latency_p50_ms": p50, "latency_p95_ms": p95, "latency_p99_ms": p99,
-            "feedback": _feedback(m["feedback"]), "shadow": _shadow_stats(m["shadow"])}))
+            "feedback": _feedback(m["feedback"]), "shadow": _shadow_stats(m["shadow"]),
+            "exposure": admin_pb2.ExposureStats(**m["exposure"]),
+            "arms": [admin_pb2.ArmFeedback(**(a | {"version": str(a["version"])})) for a in m["arms"]],
+            "drift": admin_pb2.DriftStats(**m["drift"])}))
 
     def UpsertItems(self, request, context):
         items = [(i.item_id, tuple(i.categories), i.available, tuple(i.tags)) for i in request.items]

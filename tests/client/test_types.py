@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
-from covisit.client import (Alert, Event, Experiment, Item, Metrics, ModelVersion, Promotion, Rebuild,
-                            Recommendations, RecommendedItem, Resume, Rollback, ShadowStats, SimilarItems, Status,
-                            VersionFeedback)
+from covisit.client import (Alert, ArmFeedback, DriftStats, Event, Experiment, ExposureStats, Item, Metrics,
+                            ModelVersion, Promotion, Rebuild, Recommendations, RecommendedItem, Resume, Rollback,
+                            ShadowStats, SimilarItems, SloCheck, Status, VersionFeedback)
 from covisit.v1 import admin_pb2, feedback_pb2, recommend_pb2
 
 SOURCE = recommend_pb2.RecommendedItem.Source
@@ -113,11 +113,12 @@ def test_admin_responses_convert_every_field():
         events_pending=9, log_events=12, alerts=[admin_pb2.Alert(kind="auto_rollback", reason="ctr fell",
                                                                  raised_at=1.5)],
         ab_test=admin_pb2.Experiment(version="v1", fraction=0.25, started_at=2.5), feedback=[feedback],
-        counts_digest="ab12")
+        counts_digest="ab12", slos=[admin_pb2.SloCheck(name="latency_p95_ms", value=1.5, target=50.0, ok=True,
+                                                       description="p95")])
     assert Status.from_proto(status) == Status(
         "v2", 1, 2, 3, 4.5, 6.5, {"k": "10", "decay": "0.5"}, 7, 8, "v2", "pinned", 9, 12,
         (Alert("auto_rollback", "ctr fell", 1.5),), Experiment("v1", 0.25, 2.5), None,
-        (VersionFeedback("v1", 10, 2, 0.2, 5, 1, 0.2),), "ab12")
+        (VersionFeedback("v1", 10, 2, 0.2, 5, 1, 0.2),), "ab12", (SloCheck("latency_p95_ms", 1.5, 50.0, True, "p95"),))
     version = admin_pb2.ModelVersion(version="v2", parent_version="v1", state=STATE.Value("REJECTED"),
                                      reason="recall fell", created_at=1.5, event_watermark=9, items=10,
                                      links=11, metrics={"recall@10": 0.25})
@@ -128,10 +129,20 @@ def test_admin_responses_convert_every_field():
         ctr=0.5, latency_p50_ms=0.25, latency_p95_ms=1.5, latency_p99_ms=2.5, feedback=[feedback], publishes=7,
         auto_rollbacks=1, shadow=admin_pb2.ShadowStats(version="v1", requests=8, dropped=2, mean_overlap=0.75,
                                                         latency_p50_ms=0.5, latency_p99_ms=1.25),
-        freshness_lag_seconds=0.5)
+        freshness_lag_seconds=0.5, hit_rate=0.25,
+        exposure=admin_pb2.ExposureStats(responses=3, slots=9, distinct_items=4, coverage=0.5, gini=0.25,
+                                         entropy_bits=1.5, source_shares={"POPULARITY": 0.75}),
+        arms=[admin_pb2.ArmFeedback(version="v1", arm="ab", impressions=4, clicks=1, ctr=0.25)],
+        drift=admin_pb2.DriftStats(ctr_recent=0.5, ctr_baseline=0.75, recent_impressions=2, baseline_impressions=3,
+                                   item_divergence=0.125),
+        events_rejected_by={"timestamp": 2}, predictions_logged=9, predictions_dropped=1, waiting_seconds=0.75)
     assert Metrics.from_proto(metrics) == Metrics(1, 2, 3, 4, 5, 6, 0.5, 0.25, 1.5, 2.5,
                                                   (VersionFeedback("v1", 10, 2, 0.2, 5, 1, 0.2),), 7, 1,
-                                                  ShadowStats("v1", 8, 2, 0.75, 0.5, 1.25), 0.5)
+                                                  ShadowStats("v1", 8, 2, 0.75, 0.5, 1.25), 0.5, 0.25,
+                                                  ExposureStats(3, 9, 4, 0.5, 0.25, 1.5, {"POPULARITY": 0.75}),
+                                                  (ArmFeedback("v1", "ab", 4, 1, 0.25),),
+                                                  DriftStats(0.5, 0.75, 2, 3, 0.125), {"timestamp": 2}, 9, 1, 0.75)
+    assert DriftStats.from_proto(admin_pb2.DriftStats()).item_divergence is None  # unset until windows fill
     assert Rollback.from_proto(admin_pb2.RollbackModelResponse(serving_version="v1", previous_version="v2")) == (
         Rollback("v1", "v2"))
     assert Rebuild.from_proto(admin_pb2.RebuildModelResponse(model_version="v3", build_seconds=2.5,

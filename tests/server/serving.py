@@ -61,7 +61,7 @@ def start(directory: Path, *, probe_credentials: grpc.ChannelCredentials | None 
     write_events(events)
     settings = {"server.port": 0, "server.data": str(events), "server.preset": "",
                 "server.data_dir": str(directory / "data"), "server.max_workers": 4,
-                "exploration.rate": 0.0, **overrides}
+                "exploration.rate": 0.0, "monitor.metrics_port": 0, **overrides}
     config = load_config(None, {"COVISIT_ADMIN_TOKEN": token}, settings)
     server, port = create_server(config)
     try:

@@ -43,6 +43,11 @@ def test_defaults():
     assert cfg.history == HistoryConfig(max_users=1_000_000, max_items_per_user=50)
     assert cfg.exploration == ExplorationConfig(rate=0.1, seed=None, pool="long_tail", long_tail_fraction=0.8)
     assert cfg.model == ModelConfig()
+    m = cfg.monitor
+    assert (m.metrics_enabled, m.metrics_host, m.metrics_port) == (True, "127.0.0.1", 9464)
+    assert (m.exposure_window, m.ctr_drop, m.ctr_window_seconds, m.ctr_baseline_seconds) == (10_000, 0.2, 3600.0, 604800.0)
+    assert (m.slo_latency_p95_ms, m.slo_freshness_seconds, m.slo_cache_hit_rate) == (50.0, 3600.0, 0.8)
+    assert (m.prediction_log, m.prediction_log_sample_rate) == (True, 1.0)
 
 
 def test_sections_are_frozen():
@@ -217,6 +222,11 @@ def test_env_errors_name_the_variable(env, message):
     ("[model]\nwindow = 2.0\n", "[model] window: expected an integer, got 2.0"),
     ("[model]\nbogus = 1\n", "[model] bogus: unknown setting; [model] has window, backward"),
     ("[model.event_weights]\nview = -1\n", "[model] event_weights: must be a non-empty map"),
+    ("[monitor]\nmetrics_port = 70000\n", "[monitor] metrics_port: must be an integer in 0..65535, got 70000"),
+    ("[monitor]\ndrift_threshold = 2\n", "[monitor] drift_threshold: must be a number in [0, 1], got 2.0"),
+    ("[monitor]\nexposure_window = 0\n", "[monitor] exposure_window: must be an integer >= 1, got 0"),
+    ("[monitor]\ncheck_seconds = 0\n", "[monitor] check_seconds: must be a number > 0, got 0.0"),
+    ("[monitor]\nprediction_log = \"yes\"\n", "[monitor] prediction_log: expected true or false, got 'yes'"),
     ("[model.event_weights]\nview = \"x\"\n", "[model] event_weights: expected a table of names to numbers"),
     ("[model]\nevent_weights = 3\n", "[model] event_weights: expected a table of names to numbers, got 3"),
 ])

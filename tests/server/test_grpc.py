@@ -199,7 +199,7 @@ def test_a_second_start_serves_the_checkpoint(tmp_path):
 
 
 def test_not_serving_until_a_model_is_loaded(tmp_path):
-    config = load_config(None, {}, {"server.port": 0, "server.data_dir": str(tmp_path)})
+    config = load_config(None, {}, {"server.port": 0, "server.data_dir": str(tmp_path), "monitor.metrics_port": 0})
     server, port = create_server(config, load=False)
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -238,9 +238,25 @@ def test_a_taken_port_fails_cleanly_and_frees_the_log(tmp_path):
         clash = load_config(None, {}, {"server.port": port, "server.data_dir": str(tmp_path / "second")})
         with pytest.raises(OSError, match=f"cannot bind 127.0.0.1:{port}"):
             create_server(clash)
-        again, _ = create_server(load_config(None, {}, {"server.port": 0, "server.data_dir": str(tmp_path / "second")}),
-                                 load=False)
+        again, _ = create_server(load_config(None, {}, {"server.port": 0, "server.data_dir": str(tmp_path / "second"),
+                                                         "monitor.metrics_port": 0}), load=False)
         again.stop(0)  # the log in "second" could be opened again
+    finally:
+        server.stop(0)
+
+
+def test_a_taken_metrics_port_fails_cleanly_and_frees_the_log(tmp_path):
+    server, _ = start(tmp_path / "first")
+    try:
+        taken = server.metrics_port
+        clash = load_config(None, {}, {"server.port": 0, "server.data_dir": str(tmp_path / "second"),
+                                       "monitor.metrics_port": taken})
+        with pytest.raises(OSError, match=f"cannot bind the metrics endpoint 127.0.0.1:{taken}"):
+            create_server(clash)
+        again, _ = create_server(load_config(None, {}, {"server.port": 0, "server.data_dir": str(tmp_path / "second"),
+                                                         "monitor.metrics_enabled": False}), load=False)
+        assert again.metrics_port is None
+        again.stop(0)
     finally:
         server.stop(0)
 

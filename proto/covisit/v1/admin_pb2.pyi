@@ -14,7 +14,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self, counts_digest: _Optional[bool] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("model_version", "items", "links", "events", "uptime_seconds", "freshness_seconds", "config", "users", "catalog_items", "pinned_version", "learning", "events_pending", "log_events", "alerts", "ab_test", "shadow", "feedback", "counts_digest")
+    __slots__ = ("model_version", "items", "links", "events", "uptime_seconds", "freshness_seconds", "config", "users", "catalog_items", "pinned_version", "learning", "events_pending", "log_events", "alerts", "ab_test", "shadow", "feedback", "counts_digest", "slos")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class GetStatusResponse(_message.Message):
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     COUNTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SLOS_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     items: int
     links: int
@@ -58,7 +59,22 @@ class GetStatusResponse(_message.Message):
     shadow: Experiment
     feedback: _containers.RepeatedCompositeFieldContainer[VersionFeedback]
     counts_digest: str
-    def __init__(self, model_version: _Optional[str] = ..., items: _Optional[int] = ..., links: _Optional[int] = ..., events: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., freshness_seconds: _Optional[float] = ..., config: _Optional[_Mapping[str, str]] = ..., users: _Optional[int] = ..., catalog_items: _Optional[int] = ..., pinned_version: _Optional[str] = ..., learning: _Optional[str] = ..., events_pending: _Optional[int] = ..., log_events: _Optional[int] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., ab_test: _Optional[_Union[Experiment, _Mapping]] = ..., shadow: _Optional[_Union[Experiment, _Mapping]] = ..., feedback: _Optional[_Iterable[_Union[VersionFeedback, _Mapping]]] = ..., counts_digest: _Optional[str] = ...) -> None: ...
+    slos: _containers.RepeatedCompositeFieldContainer[SloCheck]
+    def __init__(self, model_version: _Optional[str] = ..., items: _Optional[int] = ..., links: _Optional[int] = ..., events: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., freshness_seconds: _Optional[float] = ..., config: _Optional[_Mapping[str, str]] = ..., users: _Optional[int] = ..., catalog_items: _Optional[int] = ..., pinned_version: _Optional[str] = ..., learning: _Optional[str] = ..., events_pending: _Optional[int] = ..., log_events: _Optional[int] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., ab_test: _Optional[_Union[Experiment, _Mapping]] = ..., shadow: _Optional[_Union[Experiment, _Mapping]] = ..., feedback: _Optional[_Iterable[_Union[VersionFeedback, _Mapping]]] = ..., counts_digest: _Optional[str] = ..., slos: _Optional[_Iterable[_Union[SloCheck, _Mapping]]] = ...) -> None: ...
+
+class SloCheck(_message.Message):
+    __slots__ = ("name", "value", "target", "ok", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    target: float
+    ok: bool
+    description: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., target: _Optional[float] = ..., ok: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
 
 class Alert(_message.Message):
     __slots__ = ("kind", "reason", "raised_at")
@@ -266,7 +282,14 @@ class GetMetricsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetMetricsResponse(_message.Message):
-    __slots__ = ("recommend_requests", "cache_hits", "events_accepted", "events_rejected", "impressions", "clicks", "ctr", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "feedback", "publishes", "auto_rollbacks", "shadow", "freshness_lag_seconds")
+    __slots__ = ("recommend_requests", "cache_hits", "events_accepted", "events_rejected", "impressions", "clicks", "ctr", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "feedback", "publishes", "auto_rollbacks", "shadow", "freshness_lag_seconds", "hit_rate", "exposure", "arms", "drift", "events_rejected_by", "predictions_logged", "predictions_dropped", "waiting_seconds")
+    class EventsRejectedByEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     RECOMMEND_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +305,14 @@ class GetMetricsResponse(_message.Message):
     AUTO_ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     FRESHNESS_LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    EXPOSURE_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_REJECTED_BY_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_LOGGED_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    WAITING_SECONDS_FIELD_NUMBER: _ClassVar[int]
     recommend_requests: int
     cache_hits: int
     events_accepted: int
@@ -297,7 +328,68 @@ class GetMetricsResponse(_message.Message):
     auto_rollbacks: int
     shadow: ShadowStats
     freshness_lag_seconds: float
-    def __init__(self, recommend_requests: _Optional[int] = ..., cache_hits: _Optional[int] = ..., events_accepted: _Optional[int] = ..., events_rejected: _Optional[int] = ..., impressions: _Optional[int] = ..., clicks: _Optional[int] = ..., ctr: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., feedback: _Optional[_Iterable[_Union[VersionFeedback, _Mapping]]] = ..., publishes: _Optional[int] = ..., auto_rollbacks: _Optional[int] = ..., shadow: _Optional[_Union[ShadowStats, _Mapping]] = ..., freshness_lag_seconds: _Optional[float] = ...) -> None: ...
+    hit_rate: float
+    exposure: ExposureStats
+    arms: _containers.RepeatedCompositeFieldContainer[ArmFeedback]
+    drift: DriftStats
+    events_rejected_by: _containers.ScalarMap[str, int]
+    predictions_logged: int
+    predictions_dropped: int
+    waiting_seconds: float
+    def __init__(self, recommend_requests: _Optional[int] = ..., cache_hits: _Optional[int] = ..., events_accepted: _Optional[int] = ..., events_rejected: _Optional[int] = ..., impressions: _Optional[int] = ..., clicks: _Optional[int] = ..., ctr: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., feedback: _Optional[_Iterable[_Union[VersionFeedback, _Mapping]]] = ..., publishes: _Optional[int] = ..., auto_rollbacks: _Optional[int] = ..., shadow: _Optional[_Union[ShadowStats, _Mapping]] = ..., freshness_lag_seconds: _Optional[float] = ..., hit_rate: _Optional[float] = ..., exposure: _Optional[_Union[ExposureStats, _Mapping]] = ..., arms: _Optional[_Iterable[_Union[ArmFeedback, _Mapping]]] = ..., drift: _Optional[_Union[DriftStats, _Mapping]] = ..., events_rejected_by: _Optional[_Mapping[str, int]] = ..., predictions_logged: _Optional[int] = ..., predictions_dropped: _Optional[int] = ..., waiting_seconds: _Optional[float] = ...) -> None: ...
+
+class ExposureStats(_message.Message):
+    __slots__ = ("responses", "slots", "distinct_items", "coverage", "gini", "entropy_bits", "source_shares")
+    class SourceSharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    GINI_FIELD_NUMBER: _ClassVar[int]
+    ENTROPY_BITS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SHARES_FIELD_NUMBER: _ClassVar[int]
+    responses: int
+    slots: int
+    distinct_items: int
+    coverage: float
+    gini: float
+    entropy_bits: float
+    source_shares: _containers.ScalarMap[str, float]
+    def __init__(self, responses: _Optional[int] = ..., slots: _Optional[int] = ..., distinct_items: _Optional[int] = ..., coverage: _Optional[float] = ..., gini: _Optional[float] = ..., entropy_bits: _Optional[float] = ..., source_shares: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class ArmFeedback(_message.Message):
+    __slots__ = ("version", "arm", "impressions", "clicks", "ctr")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CLICKS_FIELD_NUMBER: _ClassVar[int]
+    CTR_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    arm: str
+    impressions: int
+    clicks: int
+    ctr: float
+    def __init__(self, version: _Optional[str] = ..., arm: _Optional[str] = ..., impressions: _Optional[int] = ..., clicks: _Optional[int] = ..., ctr: _Optional[float] = ...) -> None: ...
+
+class DriftStats(_message.Message):
+    __slots__ = ("ctr_recent", "ctr_baseline", "recent_impressions", "baseline_impressions", "item_divergence")
+    CTR_RECENT_FIELD_NUMBER: _ClassVar[int]
+    CTR_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    RECENT_IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    ctr_recent: float
+    ctr_baseline: float
+    recent_impressions: int
+    baseline_impressions: int
+    item_divergence: float
+    def __init__(self, ctr_recent: _Optional[float] = ..., ctr_baseline: _Optional[float] = ..., recent_impressions: _Optional[int] = ..., baseline_impressions: _Optional[int] = ..., item_divergence: _Optional[float] = ...) -> None: ...
 
 class ShadowStats(_message.Message):
     __slots__ = ("version", "requests", "dropped", "mean_overlap", "latency_p50_ms", "latency_p99_ms")
