@@ -6,7 +6,9 @@ data (float64), with room up to limits[r] and free space at the pools' tail. Tha
 small batch need not copy the whole store (at 50M links, 600 MB of memory traffic per batch,
 which slows the serving threads): bucket_pairs walks the batch into per-row buckets and
 merge_in_place adds each bucket to its row in place, moving a row that outgrows its room to
-the tail; when the tail is full, pack_rows copies the rows into new pools without the gaps.
+the tail; when the tail is full, pack_rows copies the rows into new pools without the gaps. A
+long row keeps a hash table of its columns (build_tables), so that a few pairs cost a few probes,
+not a pass over every cell of the row.
 A large batch, or the first, goes the batch way instead: add_events builds a new compact CSR,
 in parallel.
 
@@ -362,49 +364,129 @@ def bucket_pairs(seqs, items, weights, times, hist_items, hist_w, hist_n, last_t
     return rows, bounds, cols, vals, n_pairs
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _hash(c, bits):
+    """Where column c's probe starts in a table of 2**bits slots (bits <= 32): Fibonacci
+    hashing, the top bits of c times 2**32 / golden ratio, spreads runs and strides of ids."""
+    return (np.int64(c) * 2654435769 & 0xFFFFFFFF) >> (32 - bits)
+
+
+@njit(nogil=True, cache=True)
+def build_tables(starts, ends, indices, rows, table_at, table_bits, slots):
+    """Fill the hash table of each row r in `rows`, slots[table_at[r]:] (2**table_bits[r] slots,
+    linear probing), with the offset of each of its cells from starts[r]; -1 marks an empty
+    slot. A row's columns are distinct, so each cell takes a slot of its own."""
+    for r in rows:
+        at, bits = table_at[r], np.int64(table_bits[r])
+        mask = (1 << bits) - 1
+        slots[at:at + mask + 1] = -1
+        lo, hi = starts[r], ends[r]
+        for q in range(lo, hi):
+            i = _hash(indices[q], bits)
+            while slots[at + i] >= 0:
+                i = (i + 1) & mask
+            slots[at + i] = q - lo
+
+
+@njit(nogil=True, cache=True)
+def pack_tables(rows, table_at, table_bits, slots, out):
+    """Copy the tables of `rows` (see build_tables) one after another to the start of `out`,
+    pointing table_at there; returns the slots they fill."""
+    fill = 0
+    for r in rows:
+        size = 1 << np.int64(table_bits[r])
+        out[fill:fill + size] = slots[table_at[r]:table_at[r] + size]
+        table_at[r] = fill
+        fill += size
+    return fill
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _add_hashed(slots, at, bits, cols, vals, p_lo, p_hi, out_cols, out_vals, lo, m):
+    """As _add_pairs, for the row of m cells at out_cols/out_vals[lo:] whose hash table is
+    slots[at:at + 2**bits] (see build_tables; room for every pair is the caller's): a pair
+    costs a probe or two, however long the row. Returns the row's new length."""
+    mask = (1 << bits) - 1
+    for q in range(p_lo, p_hi):
+        if q + AHEAD < p_hi:
+            _prefetch(slots, at + _hash(cols[q + AHEAD], bits))
+        c = cols[q]
+        i = _hash(c, bits)
+        while True:
+            p = slots[at + i]
+            if p < 0:
+                slots[at + i] = m
+                out_cols[lo + m] = c
+                out_vals[lo + m] = vals[q]
+                m += 1
+                break
+            if out_cols[lo + p] == c:
+                out_vals[lo + p] += vals[q]
+                break
+            i = (i + 1) & mask
+    return m
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _mark_row(where, indices, lo, m, cols, p_lo, p_hi):
+    """Mark in `where` the position of each of the row's m cells at indices[lo:], and each new
+    column of the pairs cols[p_lo:p_hi] with -2; returns the row's length after the merge."""
+    for q in range(m):
+        where[indices[lo + q]] = q
+    grown = m
+    for q in range(p_lo, p_hi):
+        if where[cols[q]] == -1:
+            where[cols[q]] = -2
+            grown += 1
+    return grown
+
+
 @njit(nogil=True, cache=True)
 def merge_in_place(starts, ends, limits, indices, data, fill, rows, bounds, cols, vals, where,
-                   first):
+                   table_at, table_bits, slots, first):
     """Merge each row rows[k], k from `first` on, with its pairs (cols/vals[bounds[k]:
     bounds[k + 1]]) inside the store.
 
     As in merge_buckets, a cell adds its pairs in log order and new columns follow the old ones
-    in order of first appearance, the first pair setting the value. A row that would outgrow
-    its room first moves to the free tail at `fill`, with room for twice its new length (so a
-    growing row moves rarely); its old slot becomes garbage. Returns (k, fill, cells added): k
-    is len(rows) when done, else the row that must move but does not fit in the tail (compact
-    the store, then call again from k). `where` (int32, n_items) must be all -1, and is left so.
+    in order of first appearance, the first pair setting the value. A row with a hash table
+    (table_bits[r] > 0, room for all its pairs: see build_tables) finds its columns there;
+    any other is marked in `where` (int32, n_items; must be all -1, and is left so) cell by
+    cell. A row that would outgrow its room (a hashed row: were each pair a new column, which
+    spares counting them) first moves to the free tail at `fill`, with room for twice its new
+    length (so a growing row moves rarely); its old slot becomes garbage. A table holds
+    offsets within the row, so it moves along. Returns (k, fill, cells added): k is len(rows)
+    when done, else the row that must move but does not fit in the tail (compact the store,
+    then call again from k).
     """
     added = 0
     for k in range(first, rows.shape[0]):
-        r = rows[k]
+        r, p_lo, p_hi = rows[k], bounds[k], bounds[k + 1]
         lo = starts[r]
         m = ends[r] - lo
-        old = m
-        for q in range(m):
-            where[indices[lo + q]] = q
-        grown = m
-        for q in range(bounds[k], bounds[k + 1]):  # count the new columns (marked -2)
-            if where[cols[q]] == -1:
-                where[cols[q]] = -2
-                grown += 1
+        hashed = table_bits[r] > 0
+        grown = m + p_hi - p_lo if hashed else _mark_row(where, indices, lo, m, cols, p_lo, p_hi)
         if lo + grown > limits[r]:
             if fill + 2 * grown > indices.shape[0]:
-                for q in range(bounds[k], bounds[k + 1]):
-                    where[cols[q]] = -1
-                for q in range(lo, lo + m):
-                    where[indices[q]] = -1
+                if not hashed:
+                    for q in range(p_lo, p_hi):
+                        where[cols[q]] = -1
+                    for q in range(lo, lo + m):
+                        where[indices[q]] = -1
                 return k, fill, added
             indices[fill:fill + m] = indices[lo:lo + m]
             data[fill:fill + m] = data[lo:lo + m]
             lo = fill
             starts[r], limits[r] = lo, lo + 2 * grown
             fill += 2 * grown
-        m = _add_pairs(where, cols, vals, bounds[k], bounds[k + 1], indices, data, lo, m)
-        for q in range(lo, lo + m):
-            where[indices[q]] = -1
-        ends[r] = lo + m
-        added += m - old
+        if hashed:
+            n = _add_hashed(slots, table_at[r], np.int64(table_bits[r]), cols, vals, p_lo, p_hi,
+                            indices, data, lo, m)
+        else:
+            n = _add_pairs(where, cols, vals, p_lo, p_hi, indices, data, lo, m)
+            for q in range(lo, lo + n):
+                where[indices[q]] = -1
+        ends[r] = lo + n
+        added += n - m
     return rows.shape[0], fill, added
 
 

@@ -96,6 +96,7 @@ class Server:
     def start(self) -> None:
         self.port = free_port()
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("COVISIT_")}
+        child_env["COVISIT_MONITOR_METRICS_PORT"] = "0"  # never clash with a server already running
         child_env.update(self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=child_env, stdin=subprocess.DEVNULL,

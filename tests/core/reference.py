@@ -65,6 +65,18 @@ def sort_rows(indptr, indices, data):
     return indices, data
 
 
+def table_find(slots, bits, row, column):
+    """The offset of `column` in `row` (a row's column ids) by its hash table (2**bits slots,
+    each a cell's offset or -1), probing from the top bits of column * 2**32 / golden ratio;
+    None when the probe meets an empty slot first."""
+    i = (int(column) * 2654435769 % 2 ** 32) >> (32 - bits)
+    while slots[i] >= 0:
+        if row[slots[i]] == column:
+            return int(slots[i])
+        i = (i + 1) % 2 ** bits
+    return None
+
+
 def _llr(k11, k12, k21, k22):
     def h(*xs):
         return sum(x * math.log(x) for x in xs if x > 0)

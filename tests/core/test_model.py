@@ -118,10 +118,12 @@ def test_bad_event_changes_nothing():
         np.testing.assert_array_equal(got, want)
 
 
-event_logs = st.lists(
-    st.tuples(st.integers(0, 3), st.integers(0, 6), st.sampled_from(TYPES),
-              st.sampled_from([0.0, 1.0, 3.0, 50.0]), st.booleans()),
-    min_size=0, max_size=60)
+def event_tuples(n_items):
+    return st.tuples(st.integers(0, 3), st.integers(0, n_items - 1), st.sampled_from(TYPES),
+                     st.sampled_from([0.0, 1.0, 3.0, 50.0]), st.booleans())
+
+
+event_logs = st.lists(event_tuples(7), min_size=0, max_size=60)
 
 
 def events_of(log):
@@ -156,24 +158,27 @@ def test_incremental_update_equals_one_batch_build(log, cuts, config):
                                       err_msg=name)
 
 
-def on_path(config, ways, spare=CoVisitModel.SPARE):
+def on_path(config, ways, spare=CoVisitModel.SPARE, hash_min=CoVisitModel.HASH_MIN):
     """A model that counts each batch the batch way if the next of `ways` is true, else merging
     in place."""
     model = CoVisitModel(config)
     chosen = iter(ways)
     model._goes_bulk = lambda n_events: next(chosen)
-    model.SPARE = spare
+    model.SPARE, model.HASH_MIN = spare, hash_min
     return model
 
 
 @settings(max_examples=80, deadline=None)
 @given(log=event_logs, cuts=st.lists(st.integers(0, 60), max_size=6), config=st.sampled_from(CONFIGS),
-       spare=st.sampled_from([0.0, 0.25, 4.0]), ways=st.lists(st.booleans(), min_size=7, max_size=7))
-def test_merging_in_place_counts_as_the_batch_way(log, cuts, config, spare, ways):
+       spare=st.sampled_from([0.0, 0.25, 4.0]), ways=st.lists(st.booleans(), min_size=7, max_size=7),
+       hash_min=st.sampled_from([1, 3, CoVisitModel.HASH_MIN]))
+def test_merging_in_place_counts_as_the_batch_way(log, cuts, config, spare, ways, hash_min):
     # spare 0: a batch that moves a row compacts the store; 4: rows move to the tail many times
     # before it fills. `mixed` takes either way, so the batch way also starts from a gappy store.
-    bulk, in_place = on_path(config, repeat(True)), on_path(config, repeat(False), spare)
-    mixed = on_path(config, ways, spare)
+    # A small hash_min merges most rows by their hash tables, which grow, move with their rows,
+    # and are rebuilt by a batch the batch way.
+    bulk, in_place = on_path(config, repeat(True)), on_path(config, repeat(False), spare, hash_min)
+    mixed = on_path(config, ways, spare, hash_min)
     for part in batches_of(events_of(log), cuts):
         for model in (bulk, in_place, mixed):
             model.update(part)
@@ -210,6 +215,73 @@ def test_rows_grow_in_place_move_to_the_tail_and_a_full_store_compacts():
     model.SPARE = 0.0
     assert add("a", [f"n{k}" for k in range(30)])[1]
     assert np.shares_memory(batch.csr()[1], batch.indices)  # packed: views
+
+
+def assert_tables_right(model: CoVisitModel) -> set[int]:
+    """Each hash table maps every cell of its row, and nothing else, to its offset, at a load of
+    half at most, and a lookup by the plain-Python twin finds each cell and misses a column the
+    row lacks. Returns the rows with a table."""
+    hashed = set(np.flatnonzero(model._table_bits[:model.n_items]).tolist())
+    for r in hashed:
+        lo, hi, bits = model.starts[r], model.ends[r], int(model._table_bits[r])
+        slots = model._slots[model._table_at[r]:][:2 ** bits]
+        assert hi - lo >= model.HASH_MIN and 2 * (hi - lo) <= len(slots), r
+        assert sorted(slots[slots >= 0]) == list(range(hi - lo)), r
+        row = model.indices[lo:hi]
+        assert [ref.table_find(slots, bits, row, c) for c in row] == list(range(hi - lo)), r
+        assert ref.table_find(slots, bits, row, model.n_items) is None, r  # an id no row holds
+    return hashed
+
+
+@settings(max_examples=30, deadline=None)
+@given(log=st.lists(event_tuples(16), min_size=40, max_size=150),
+       cuts=st.lists(st.integers(0, 150), min_size=5, max_size=30), config=st.sampled_from(CONFIGS),
+       spare=st.sampled_from([0.0, 0.25, 4.0]), hash_min=st.sampled_from([1, 2, 5]),
+       bulk_at=st.integers(1, 10))
+def test_merging_by_hash_tables_counts_as_the_batch_way(log, cuts, config, spare, hash_min, bulk_at):
+    # Many batches, so that most rows get a table, which grows, moves and compacts with its
+    # row; `mixed` counts one batch the batch way, which makes new tables.
+    bulk = on_path(config, repeat(True))
+    in_place = on_path(config, repeat(False), spare, hash_min)
+    mixed = on_path(config, (k == bulk_at for k in range(len(cuts) + 1)), spare, hash_min)
+    for part in batches_of(events_of(log), cuts):
+        for model in (bulk, in_place, mixed):
+            model.update(part)
+        assert_same_counts(in_place, bulk)
+        assert_same_counts(mixed, bulk)
+        assert_tables_right(in_place)
+        assert_tables_right(mixed)
+    assert in_place.digest() == mixed.digest() == bulk.digest()
+
+
+def test_hash_tables_stay_right_as_rows_move_compact_and_grow():
+    config = dataclasses.replace(RAW, window=1, distance="none")  # a session [r, c]: r -> c
+    model, batch = on_path(config, repeat(False), spare=0.3, hash_min=4), on_path(config, repeat(True))
+    model._goes_bulk = lambda n_events: step == 20  # one batch the batch way
+    rng, t = np.random.default_rng(5), 0.0
+    seen = {"move": 0, "compaction": 0, "growth": 0}
+    for step in range(40):
+        events = []
+        for _ in range(12):  # rows r0..r3, the first ones busiest; columns new and old
+            row, col, t = min(rng.geometric(0.5), 4) - 1, rng.integers(0, 3 * step + 10), t + 1.0
+            events += [Event("u", f"r{row}", "view", t, f"s{t}"), Event("u", f"c{col}", "view", t, f"s{t}")]
+        before = {r: (model.starts[r], model._table_bits[r]) for r in assert_tables_right(model)}
+        pool = model.indices
+        model.update(events)
+        batch.update(events)
+        assert_same_counts(model, batch)
+        hashed = assert_tables_right(model)
+        lengths = model.ends[:model.n_items] - model.starts[:model.n_items]
+        if step == 20:  # a new store: a table for each long row, and no other
+            assert hashed == set(np.flatnonzero(lengths >= model.HASH_MIN).tolist())
+            continue
+        kept = set(before) & hashed
+        if model.indices is not pool:
+            seen["compaction"] += bool(kept)
+        else:  # a row that moves to the tail
+            seen["move"] += sum(model.starts[r] != before[r][0] for r in kept)
+        seen["growth"] += sum(model._table_bits[r] > before[r][1] for r in kept)
+    assert min(seen.values()) > 0, seen
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"w{c.window}-b{c.backward}-{c.distance}-h{c.half_life}")
