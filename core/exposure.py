@@ -14,8 +14,8 @@ so the offline report (report.py) computes them exactly as the live window does:
 from __future__ import annotations
 
 import threading
-from collections import deque
-from collections.abc import Collection, Sequence
+from collections import Counter, deque
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -31,31 +31,45 @@ def source_name(source: int) -> str:
     return SOURCE_NAMES[source]
 
 
+def histogram(counts: Iterable[int]) -> dict[int, int]:
+    """Count -> how many items have it (zeros left out): all the measures below need."""
+    return dict(Counter(c for c in counts if c))
+
+
 def gini(counts: Collection[int], n: int) -> float:
     """Gini coefficient of the exposure counts of the items shown, padded with zeros to `n` items.
+    `n` below len(counts) is taken as len(counts): there cannot be fewer items than were shown."""
+    return gini_of(histogram(counts), max(n, len(counts)))
 
-    `n` below len(counts) is taken as len(counts): there cannot be fewer items than were shown.
-    Uses the sorted form of the formula in the module docstring: with x ascending and i 1-based,
-    G = 2 sum_i i x_i / (n sum x) - (n + 1) / n, where the n - len(counts) zeros come first."""
-    x = np.sort(np.fromiter(counts, dtype=np.float64, count=len(counts)))
-    total = float(x.sum())
-    if total == 0:
+
+def gini_of(hist: Mapping[int, int], n: int) -> float:
+    """gini() from a histogram (count -> items), in O(distinct counts): with x ascending and i
+    1-based, G = 2 sum_i i x_i / (n sum x) - (n + 1) / n, where the zeros take the first ranks
+    and the h items of count c the next h, whose ranks sum to h r + h (h + 1) / 2 after r."""
+    if not hist:
         return 0.0
-    n = max(n, len(x))
-    ranks = np.arange(n - len(x) + 1, n + 1, dtype=np.float64)  # the zeros hold ranks 1..n-len(x)
-    # max: equal counts can round to -1e-17
-    return max(0.0, 2.0 * float(ranks @ x) / (n * total) - (n + 1) / n)
+    values = np.array(sorted(hist), dtype=np.float64)
+    items = np.array([hist[v] for v in sorted(hist)], dtype=np.float64)
+    n = max(n, int(items.sum()))
+    before = n - items.sum() + np.concatenate(([0.0], np.cumsum(items)[:-1]))  # ranks taken below
+    rank_sum = items * before + items * (items + 1) / 2
+    total = float(values @ items)
+    return max(0.0, 2.0 * float(values @ rank_sum) / (n * total) - (n + 1) / n)  # equal: ~ -1e-17
 
 
 def entropy_bits(counts: Collection[int]) -> float:
     """Shannon entropy in bits of the distribution proportional to `counts` (zeros ignored)."""
-    x = np.fromiter(counts, dtype=np.float64, count=len(counts))
-    x = x[x > 0]
-    total = float(x.sum())
-    if total == 0:
+    return entropy_of(histogram(counts))
+
+
+def entropy_of(hist: Mapping[int, int]) -> float:
+    """entropy_bits() from a histogram (count -> items)."""
+    if not hist:
         return 0.0
-    p = x / total
-    return max(0.0, float(-(p * np.log2(p)).sum()))
+    values = np.array(list(hist), dtype=np.float64)
+    items = np.array(list(hist.values()), dtype=np.float64)
+    p = values / float(values @ items)
+    return max(0.0, float(-(items * p * np.log2(p)).sum()))
 
 
 def source_shares(slots_by_source: Sequence[int]) -> dict[str, float]:
@@ -74,15 +88,15 @@ class ExposureStats(NamedTuple):
     source_shares: dict[str, float]  # source name -> share of slots, all four names present
 
 
-def exposure_stats(responses: int, item_counts: Collection[int], slots_by_source: Sequence[int],
+def exposure_stats(responses: int, hist: Mapping[int, int], slots_by_source: Sequence[int],
                    catalog_size: int) -> ExposureStats:
-    """The stats of `responses` responses whose items were shown `item_counts` times each."""
-    distinct = len(item_counts)
+    """The stats of `responses` responses whose items' exposure counts have histogram `hist`
+    (count -> items with that count)."""
+    distinct = sum(hist.values())
     n = max(catalog_size, distinct)  # a stale or small catalog size never gives coverage > 1
     return ExposureStats(responses=responses, slots=sum(slots_by_source), distinct_items=distinct,
-                         coverage=distinct / n if n else 0.0, gini=gini(item_counts, n),
-                         entropy_bits=entropy_bits(item_counts),
-                         source_shares=source_shares(slots_by_source))
+                         coverage=distinct / n if n else 0.0, gini=gini_of(hist, n),
+                         entropy_bits=entropy_of(hist), source_shares=source_shares(slots_by_source))
 
 
 class ExposureWindow:
@@ -97,6 +111,7 @@ class ExposureWindow:
         self.size = size
         self._responses: deque[tuple[tuple[str, ...], tuple[int, ...]]] = deque()
         self._item_counts: dict[str, int] = {}  # only items in the window: memory stays bounded
+        self._hist: dict[int, int] = {}  # count -> items with it, kept so that stats cost O(counts)
         self._slots_by_source = [0] * len(SOURCE_NAMES)
         self._lock = threading.Lock()
 
@@ -116,19 +131,25 @@ class ExposureWindow:
 
     def stats(self, catalog_size: int) -> ExposureStats:
         with self._lock:
-            responses = len(self._responses)
-            counts = list(self._item_counts.values())
+            responses, hist = len(self._responses), dict(self._hist)
             slots_by_source = list(self._slots_by_source)
-        return exposure_stats(responses, counts, slots_by_source, catalog_size)
+        return exposure_stats(responses, hist, slots_by_source, catalog_size)
 
     def _count(self, response: tuple[tuple[str, ...], tuple[int, ...]], step: int) -> None:
         item_ids, sources = response
-        counts = self._item_counts
+        counts, hist = self._item_counts, self._hist
         for item in item_ids:
-            c = counts.get(item, 0) + step
+            old = counts.get(item, 0)
+            c = old + step
             if c:
                 counts[item] = c
+                hist[c] = hist.get(c, 0) + 1
             else:
                 del counts[item]
+            if old:
+                if hist[old] == 1:
+                    del hist[old]
+                else:
+                    hist[old] -= 1
         for s in sources:
             self._slots_by_source[s] += step

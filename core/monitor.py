@@ -77,10 +77,7 @@ class Monitor:
         return cls(ExposureWindow(s.exposure_window),
                    CtrDrift(s.ctr_window_seconds, s.ctr_baseline_seconds, s.ctr_drop, s.ctr_min_impressions,
                             clock=clock),
-                   # the divergence is recomputed at least 10 times per window
-                   ItemDrift(s.drift_window, s.drift_baseline, s.drift_threshold,
-                             check_every=max(1, min(1000, s.drift_window // 10))),
-                   predictions, clock)
+                   ItemDrift(s.drift_window, s.drift_baseline, s.drift_threshold), predictions, clock)
 
     def responded(self, request_id: str, user_id: str, context: Sequence[str], items: Sequence,
                   version: int, arm: str) -> None:

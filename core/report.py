@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from covisit.core.exposure import SOURCE_NAMES, exposure_stats
+from covisit.core.exposure import SOURCE_NAMES, exposure_stats, histogram
 from covisit.core.prediction_log import log_files
 
 
@@ -89,7 +89,7 @@ class _Group:
             self.slots_by_source[SOURCE_NAMES.index(source)] += 1
 
     def figures(self, catalog_size: int) -> dict[str, Any]:
-        exposure = exposure_stats(self.responses, self.item_counts.values(), self.slots_by_source,
+        exposure = exposure_stats(self.responses, histogram(self.item_counts.values()), self.slots_by_source,
                                   catalog_size)
         return {"responses": self.responses, "impressions": self.impressions, "clicks": self.clicks,
                 "ctr": self.clicks / self.impressions if self.impressions else 0.0,

@@ -1,6 +1,7 @@
 """CTR drift against the trailing baseline (injected clock), Jensen-Shannon by hand, and item
 drift on the bundled online-retail log: quiet when shuffled, firing on an injected shift."""
 
+import math
 import random
 import threading
 from collections import Counter
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from covisit.core.datasets import read_online_retail
-from covisit.core.drift import DEFAULT_ITEM_DRIFT_THRESHOLD, CtrDrift, ItemDrift, js_divergence
+from covisit.core.drift import DEFAULT_ITEM_DRIFT_THRESHOLD, CtrDrift, ItemDrift
 
 DATA = Path(__file__).resolve().parents[2] / "loadtest" / "data" / "online_retail.csv.gz"
 WEEK_MINUTES = 7 * 24 * 60
@@ -106,18 +107,28 @@ def test_ctr_drift_counts_every_record_under_concurrency():
     assert drift.figures() == (0.5, 0.0, 16_000, 0)
 
 
-def test_js_divergence_by_hand():
+def js_divergence(p: dict[str, int], q: dict[str, int]) -> float:
+    """The definition, item by item: (KL(P || M) + KL(Q || M)) / 2 with M = (P + Q) / 2."""
+    p_total, q_total = sum(p.values()), sum(q.values())
+    total = 0.0
+    for item in set(p) | set(q):
+        pi, qi = p.get(item, 0) / p_total, q.get(item, 0) / q_total
+        mi = (pi + qi) / 2
+        total += (pi * math.log2(pi / mi) if pi else 0.0) + (qi * math.log2(qi / mi) if qi else 0.0)
+    return total / 2
+
+
+def test_the_reference_divergence_by_hand():
     assert js_divergence({"a": 1, "b": 2}, {"b": 4, "a": 2}) == pytest.approx(0.0)
     assert js_divergence({"a": 3}, {"b": 1, "c": 1}) == pytest.approx(1.0)
     # P = (1/2, 1/2), Q = (1, 0), M = (3/4, 1/4): KL(P||M) = 1/2 log2(2/3) + 1/2 log2(2) = 0.2075,
     # KL(Q||M) = log2(4/3) = 0.4150; JS = their mean
     assert js_divergence({"a": 1, "b": 1}, {"a": 5}) == pytest.approx(0.311278, abs=1e-6)
     assert js_divergence({"a": 5}, {"a": 1, "b": 1}) == pytest.approx(0.311278, abs=1e-6)
-    assert js_divergence({}, {"a": 1}) == 0.0
 
 
 def test_item_drift_windows_by_hand():
-    drift = ItemDrift(window=2, baseline=2, threshold=0.5, check_every=1)
+    drift = ItemDrift(window=2, baseline=2, threshold=0.5)
     drift.record(["a", "a", "b"])
     assert drift.divergence() is None and drift.check() is None  # the baseline is not full yet
     drift.record(["b"])  # baseline [a, a], window [b, b]
@@ -126,21 +137,26 @@ def test_item_drift_windows_by_hand():
                              "Jensen-Shannon 1.000 > 0.5")
     drift.record(["a", "b", "a", "b"])  # baseline [a, b], window [a, b]
     assert drift.divergence() == pytest.approx(0.0) and drift.check() is None
-    assert drift._recent_counts == {"a": 1, "b": 1} == drift._older_counts
+    assert drift._counts == {"a": (1, 1), "b": (1, 1)}
 
 
-def test_item_drift_recomputes_every_check_every_events():
-    drift = ItemDrift(window=2, baseline=2, threshold=0.5, check_every=4)
-    drift.record(["a", "a", "b", "b"])
-    assert drift.divergence() == pytest.approx(1.0)
-    drift.record(["a", "b", "a"])  # 3 < 4 events since the last recompute: the value stands
-    assert drift.divergence() == pytest.approx(1.0)
-    drift.record(["b"])
-    assert drift.divergence() == pytest.approx(0.0)
+@pytest.mark.parametrize("seed", range(5))
+def test_the_kept_sums_give_the_definition_after_every_event(seed):
+    rng = random.Random(seed)
+    window, baseline = rng.randint(1, 30), rng.randint(1, 60)
+    drift = ItemDrift(window=window, baseline=baseline)
+    items = [f"i{min(int(rng.expovariate(0.3)), 40)}" for _ in range(3 * (window + baseline))]
+    for n, item in enumerate(items, 1):
+        drift.record([item])
+        if n < window + baseline:
+            assert drift.divergence() is None
+            continue
+        recent, older = items[n - window:n], items[n - window - baseline:n - window]
+        assert drift.divergence() == pytest.approx(js_divergence(Counter(recent), Counter(older)), abs=1e-9)
 
 
 def test_item_drift_holds_only_its_windows_under_concurrency():
-    drift = ItemDrift(window=100, baseline=300, threshold=0.5, check_every=50)
+    drift = ItemDrift(window=100, baseline=300, threshold=0.5)
 
     def work(t):
         for r in range(200):
@@ -151,9 +167,11 @@ def test_item_drift_holds_only_its_windows_under_concurrency():
         th.start()
     for th in threads:
         th.join()
-    assert sum(drift._recent_counts.values()) == len(drift._recent) == 100
-    assert sum(drift._older_counts.values()) == len(drift._older) == 300
-    assert Counter(drift._older) == drift._older_counts and drift.divergence() is not None
+    assert sum(p for p, _ in drift._counts.values()) == len(drift._recent) == 100
+    assert sum(q for _, q in drift._counts.values()) == len(drift._older) == 300
+    assert Counter(drift._older) == {item: q for item, (_, q) in drift._counts.items() if q}
+    expected = js_divergence(Counter(drift._recent), Counter(drift._older))
+    assert drift.divergence() == pytest.approx(expected, abs=1e-9)
 
 
 @pytest.fixture(scope="module")

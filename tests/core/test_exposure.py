@@ -1,12 +1,14 @@
 """Exposure measures (Gini, entropy, source shares) by hand, and the sliding window of responses."""
 
 import math
+import random
 import threading
 
 import pytest
 
 from covisit.core import kernels_topk as kt
-from covisit.core.exposure import SOURCE_NAMES, ExposureStats, ExposureWindow, entropy_bits, gini, source_shares
+from covisit.core.exposure import (SOURCE_NAMES, ExposureStats, ExposureWindow, entropy_bits, gini, histogram,
+                                   source_shares)
 
 C, T, P, E = kt.SOURCE_COOCCURRENCE, kt.SOURCE_CONTENT, kt.SOURCE_POPULARITY, kt.SOURCE_EXPLORATION
 
@@ -104,3 +106,17 @@ def test_totals_stay_consistent_under_concurrency():
     assert (s.responses, s.slots) == (1000, 2000)
     assert sum(w._item_counts.values()) == 2000 and all(c > 0 for c in w._item_counts.values())
     assert sum(s.source_shares.values()) == pytest.approx(1.0) and s.source_shares["COOCCURRENCE"] >= 0.5
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_kept_histogram_gives_the_pairwise_definition(seed):
+    rng = random.Random(seed)
+    w = ExposureWindow(size=rng.randint(1, 40))
+    for _ in range(120):
+        items = rng.sample([f"i{k}" for k in range(30)], rng.randint(1, 6))
+        w.add(items, [rng.randrange(4) for _ in items])
+        assert w._hist == histogram(w._item_counts.values())
+    n = 50
+    x = list(w._item_counts.values()) + [0] * (n - len(w._item_counts))
+    pairwise = sum(abs(a - b) for a in x for b in x) / (2 * n * n * (sum(x) / n))
+    assert w.stats(n).gini == pytest.approx(pairwise)
