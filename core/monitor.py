@@ -76,7 +76,7 @@ class Monitor:
                        if s.prediction_log and directory else None)
         return cls(ExposureWindow(s.exposure_window),
                    CtrDrift(s.ctr_window_seconds, s.ctr_baseline_seconds, s.ctr_drop, s.ctr_min_impressions,
-                            clock=clock),
+                            clock=clock, min_z=s.ctr_min_z),
                    ItemDrift(s.drift_window, s.drift_baseline, s.drift_threshold), predictions, clock)
 
     def responded(self, request_id: str, user_id: str, context: Sequence[str], items: Sequence,

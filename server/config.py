@@ -245,6 +245,8 @@ class MonitorConfig(_Section):
     ctr_baseline_seconds: float = 7 * 86400.0
     ctr_drop: float = 0.2
     ctr_min_impressions: int = 1000
+    # ... and as many standard deviations of hourly CTR as this deep (chance dips are not alerts).
+    ctr_min_z: float = 3.0
     # Item drift: Jensen-Shannon divergence (bits) of the newest drift_window events' items vs
     # the drift_baseline events before them; an alert above drift_threshold.
     drift_window: int = 10_000
@@ -278,6 +280,7 @@ class MonitorConfig(_Section):
             *((name, _num(getattr(self, name)) and 0 <= getattr(self, name) <= 1, "a number in [0, 1]")
               for name in ("ctr_drop", "drift_threshold", "slo_cache_hit_rate", "prediction_log_sample_rate")),
             ("prediction_log_dir", isinstance(self.prediction_log_dir, str), "a string"),
+            ("ctr_min_z", _num(self.ctr_min_z) and self.ctr_min_z >= 0, "a number >= 0"),
         ]
 
 

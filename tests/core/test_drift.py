@@ -70,7 +70,7 @@ def test_too_few_impressions_stay_quiet():
 def test_buckets_move_from_recent_to_baseline_and_out():
     clock = Clock()
     drift = CtrDrift(window_seconds=60, baseline_seconds=120, bucket_seconds=60, min_impressions=1,
-                     clock=clock)
+                     clock=clock, min_z=0)  # the bucket mechanics, on too few impressions to be sure
     drift.record(10, 1)
     assert drift.figures() == (0.1, 0.0, 10, 0) and drift.check() is None  # no baseline yet
     clock.now = 60
@@ -216,3 +216,22 @@ def test_item_drift_fires_on_a_shift(shuffled_items, shift):
     after = replay(drift, [move(item) for item in shuffled_items[60_000:70_000]])
     assert max(before) < DEFAULT_ITEM_DRIFT_THRESHOLD / 2 and after[-1] > 1.5 * DEFAULT_ITEM_DRIFT_THRESHOLD
     assert f"Jensen-Shannon {after[-1]:.3f} > 0.2" in drift.check()
+
+
+def test_a_drop_within_the_usual_hourly_spread_stays_quiet():
+    clock = Clock()
+    drift = CtrDrift(clock=clock)
+    # a week whose hourly CTR swings between 9% and 11% (mean 10%, standard deviation 1%) ...
+    for hour in range(7 * 24):
+        minutes(drift, clock, 60, 100, 9 if hour % 2 else 11)
+        clock.now += 60
+    # ... then an hour at 7.5%: 25% below the mean (thousands of impressions: 8 binomial
+    # errors), yet only 2.5 of the usual hourly deviations
+    minutes(drift, clock, 60, 100, 7)
+    drift.record(100, 30)
+    recent, baseline, _, _ = drift.figures()
+    assert recent < 0.8 * baseline and drift.check() is None
+    minutes(drift, clock, 1, 0, 0)
+    clock.now += 3600  # the next hour: no clicks at all, 10 deviations
+    minutes(drift, clock, 60, 100, 0)
+    assert "standard deviations" in drift.check()
