@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -18,6 +20,7 @@ from tests.server.serving import TOKEN, free_port, wait_serving, write_events
 
 
 def serve(tmp_path, *flags):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     events = tmp_path / "events.csv"
     write_events(events)
     env = {**os.environ, "COVISIT_ADMIN_TOKEN": TOKEN, "COVISIT_EXPLORATION_RATE": "0"}
@@ -41,6 +44,28 @@ def test_serves_then_stops_gracefully(tmp_path, sig):
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_the_metrics_flags(tmp_path):
+    port, metrics = free_port(), free_port()
+    proc = serve(tmp_path / "on", "--port", str(port), "--metrics-port", str(metrics))
+    try:
+        wait_serving(f"127.0.0.1:{port}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as response:
+            assert b"covisit_model_version" in response.read()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    proc = serve(tmp_path / "off", "--port", str(port), "--no-metrics", "--metrics-port", str(metrics))
+    try:
+        wait_serving(f"127.0.0.1:{port}")
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10)
+        with CovisitClient(f"127.0.0.1:{port}", timeout=10, admin_token=TOKEN) as client:
+            assert client.get_status().config["monitor.metrics_enabled"] == "False"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
 
 
 def test_a_bad_setting_stops_the_start_naming_it(tmp_path):
