@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA := loadtest/data/online_retail.csv.gz
 
-.PHONY: install test bench eval run proto clean
+.PHONY: install test bench eval run proto clean loadtest
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,20 @@ bench: $(STAMP)
 	$(BIN)/python loadtest/bench_core.py
 	$(BIN)/python loadtest/bench_grpc.py
 	$(BIN)/python loadtest/bench_freshness.py
+
+# Locust replays real sessions against a server on 127.0.0.1 (started here unless TARGET=host:port
+# names a running one on loopback); fails on any failed request or a RecommendItems p95 above
+# the SLO. USERS, DURATION (seconds) and LOADTEST_ARGS (e.g. --think-ms 50) tune it.
+USERS ?= 50
+DURATION ?= 60
+LOADTEST_STAMP := $(VENV)/.loadtest-installed
+$(LOADTEST_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,loadtest]'
+	touch $(LOADTEST_STAMP)
+
+loadtest: $(LOADTEST_STAMP)
+	$(BIN)/python loadtest/run_loadtest.py --users $(USERS) --seconds $(DURATION) \
+		$(if $(TARGET),--target $(TARGET)) $(LOADTEST_ARGS)
 
 # Regenerate covisit.v1 from proto/covisit/v1/*.proto (the generated files are committed).
 proto: $(STAMP)

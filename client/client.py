@@ -75,14 +75,16 @@ class CovisitClient:
     given; with ``private_key`` and ``certificate_chain`` as well, it is mutual TLS. ``timeout``
     is the default deadline in seconds of every call; each method takes ``timeout=`` to override
     it. ``admin_token`` is sent as "authorization: Bearer <token>" on admin calls only (over a
-    plaintext channel it travels in the clear). ``options`` are extra gRPC channel options.
+    plaintext channel it travels in the clear). ``options`` are extra gRPC channel options;
+    ``interceptors`` (unary-unary client interceptors) see every call.
 
     Use it as a context manager, or call ``close()``. Failed calls raise ``grpc.RpcError``.
     """
 
     def __init__(self, target: str, *, timeout: float = 1.0, admin_token: str | None = None,
                  root_certificates: bytes | None = None, private_key: bytes | None = None,
-                 certificate_chain: bytes | None = None, options: Sequence[tuple[str, Any]] = ()):
+                 certificate_chain: bytes | None = None, options: Sequence[tuple[str, Any]] = (),
+                 interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = ()):
         if (private_key is None) != (certificate_chain is None):
             raise ValueError("mutual TLS needs both private_key and certificate_chain")
         if private_key is not None and root_certificates is None:
@@ -93,11 +95,13 @@ class CovisitClient:
         else:
             creds = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
             self._channel = grpc.secure_channel(target, creds, options=opts)
+        # e.g. a load tester's reporter; closing the client closes the channel under them
+        channel = grpc.intercept_channel(self._channel, *interceptors) if interceptors else self._channel
         self._timeout = timeout
         self._admin_metadata = admin_metadata(admin_token)
-        self._recommend = recommend_pb2_grpc.RecommendServiceStub(self._channel)
-        self._feedback = feedback_pb2_grpc.FeedbackServiceStub(self._channel)
-        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self._recommend = recommend_pb2_grpc.RecommendServiceStub(channel)
+        self._feedback = feedback_pb2_grpc.FeedbackServiceStub(channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(channel)
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""

@@ -149,3 +149,27 @@ def test_a_per_call_timeout_overrides_the_default(fake_server):
         with pytest.raises(grpc.RpcError) as info:
             client.get_similar_items("slow", timeout=0.2)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Seen(grpc.UnaryUnaryClientInterceptor):
+    """Records each call's method and whether it failed."""
+
+    def __init__(self):
+        self.calls = []
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        call = continuation(client_call_details, request)
+        self.calls.append((client_call_details.method, call.exception() is not None))
+        return call
+
+
+def test_interceptors_see_every_call_and_its_outcome(fake_server):
+    seen = Seen()
+    with CovisitClient(fake_server.target, timeout=2.0, admin_token=TOKEN, interceptors=[seen]) as client:
+        client.recommend_items(["a"])
+        client.get_status()  # the admin token still goes on admin calls
+        with pytest.raises(grpc.RpcError):
+            client.get_similar_items("invalid")  # the fake refuses it
+    assert seen.calls == [("/covisit.v1.RecommendService/RecommendItems", False),
+                          ("/covisit.v1.AdminService/GetStatus", False),
+                          ("/covisit.v1.RecommendService/GetSimilarItems", True)]

@@ -1,0 +1,102 @@
+"""`make loadtest`: run loadtest/locustfile.py headless against a covisit server and judge it.
+
+Starts `covisit serve` on the bundled data on a free 127.0.0.1 port (unless --target names a
+running server; only loopback targets are accepted), runs Locust for a fixed time and user
+count, keeps Locust's CSV stats and HTML report under --out, prints a summary (requests per
+second, p50/p95/p99 and failures per RPC) and exits non-zero if any request failed or the p95 of
+RecommendItems is above --slo-p95-ms (50 ms by default, the original design's SLO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# sibling scripts: loadtest/ is this script's sys.path[0]
+from bench_grpc import ROOT, Server
+from covisit.server.app import is_loopback
+
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+OUT = ROOT / "build" / "loadtest"
+COLUMNS = {"requests": "Request Count", "failures": "Failure Count", "rps": "Requests/s",
+           "p50_ms": "50%", "p95_ms": "95%", "p99_ms": "99%", "max_ms": "100%"}
+
+
+def run_locust(target: str, users: int, spawn_rate: float, seconds: int, prefix: Path, extra: list[str]) -> int:
+    """Locust headless against `target`; returns its exit code (non-zero when requests failed)."""
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", target,
+               "-u", str(users), "-r", str(spawn_rate), "-t", f"{seconds}s", "--stop-timeout", "10",
+               "--csv", str(prefix), "--html", str(prefix) + ".html", "--only-summary", *extra]
+    return subprocess.run(command, cwd=ROOT, timeout=seconds + 120).returncode
+
+
+def read_stats(prefix: Path) -> dict[str, dict[str, float]]:
+    """RPC name (and "Aggregated") -> the COLUMNS figures from Locust's stats CSV."""
+    out = {}
+    with open(f"{prefix}_stats.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            out[row["Name"]] = {key: float(row[column] or 0) for key, column in COLUMNS.items()}
+    return out
+
+
+def summary(stats: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'rpc':<22}{'requests':>10}{'failures':>10}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"]
+    for name, s in sorted(stats.items(), key=lambda item: item[0] == "Aggregated"):
+        lines.append(f"{name:<22}{s['requests']:>10.0f}{s['failures']:>10.0f}{s['rps']:>10.1f}"
+                     f"{s['p50_ms']:>9.0f}{s['p95_ms']:>9.0f}{s['p99_ms']:>9.0f}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="", help="HOST:PORT of a running server on loopback (default: start one)")
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--spawn-rate", type=float, default=50.0, help="users started per second")
+    parser.add_argument("--seconds", type=int, default=60, help="how long Locust runs")
+    parser.add_argument("--slo-p95-ms", type=float, default=50.0, help="RecommendItems p95 must stay below this")
+    parser.add_argument("--out", default=str(OUT), help="where the CSV stats and the HTML report go")
+    args, extra = parser.parse_known_args()  # the rest goes to the locustfile (e.g. --think-ms)
+    if args.target and not is_loopback(args.target.rsplit(":", 1)[0]):
+        parser.error(f"--target: only loopback addresses may be load-tested, not {args.target!r}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = out / "locust"
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # stops the server too
+    with tempfile.TemporaryDirectory(prefix="covisit-loadtest-") as tmp:
+        if args.target:
+            code = run_locust(args.target, args.users, args.spawn_rate, args.seconds, prefix, extra)
+        else:
+            with Server(Path(tmp) / "data", out / "server.log", {}) as server:
+                server.start()
+                server.wait_serving(300.0)
+                code = run_locust(f"127.0.0.1:{server.port}", args.users, args.spawn_rate, args.seconds, prefix,
+                                  extra)
+    stats = read_stats(prefix)
+    print(summary(stats))
+    recommend = stats.get("RecommendItems", {})
+    failures = stats.get("Aggregated", {}).get("failures", 0)
+    verdict = {"users": args.users, "seconds": args.seconds, "rps": stats.get("Aggregated", {}).get("rps", 0.0),
+               "recommend_p95_ms": recommend.get("p95_ms"), "slo_p95_ms": args.slo_p95_ms, "failures": failures,
+               "report": str(prefix) + ".html"}
+    print(json.dumps(verdict))
+    if not recommend:
+        print("no RecommendItems call was made", file=sys.stderr)
+        return 1
+    if failures or code != 0:
+        print(f"{failures:.0f} requests failed (locust exit code {code})", file=sys.stderr)
+        return 1
+    if recommend["p95_ms"] > args.slo_p95_ms:
+        print(f"RecommendItems p95 {recommend['p95_ms']:.0f} ms is above the SLO ({args.slo_p95_ms:g} ms)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
