@@ -54,6 +54,8 @@ class HitRate:
 class Monitor:
     """Each part defaults to its class's defaults, without a prediction log."""
 
+    MAX_LINES = 50  # model lines whose impressions and clicks per arm are kept
+
     def __init__(self, exposure: ExposureWindow | None = None, ctr_drift: CtrDrift | None = None,
                  item_drift: ItemDrift | None = None, predictions: PredictionLog | None = None,
                  clock=time.time):
@@ -62,7 +64,8 @@ class Monitor:
         self.ctr_drift = ctr_drift or CtrDrift(clock=clock)
         self.item_drift = item_drift or ItemDrift()
         self.predictions = predictions
-        self._feedback: dict[tuple[int, str], list[int]] = {}  # (line, arm) -> [impressions, clicks]
+        # (line, arm) -> [impressions, clicks], for the newest MAX_LINES lines
+        self._feedback: dict[tuple[int, str], list[int]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -106,7 +109,14 @@ class Monitor:
 
     def _add(self, line: int, arm: str, field: int, n: int) -> None:
         with self._lock:
-            self._feedback.setdefault((line, arm), [0, 0])[field] += n
+            feedback = self._feedback
+            if (line, arm) not in feedback:
+                feedback[(line, arm)] = [0, 0]
+                lines = sorted({key[0] for key in feedback})
+                for old in lines[:-self.MAX_LINES]:  # every full build starts a line: stay bounded
+                    for key in [key for key in feedback if key[0] == old]:
+                        del feedback[key]
+            feedback[(line, arm)][field] += n
 
     def feedback(self) -> list[tuple[int, str, int, int]]:
         """(line, arm, impressions, clicks), newest line first."""

@@ -101,3 +101,13 @@ def test_hit_rate_counts_requests_shown_then_clicked_in_its_window():
     assert hits.figures() == (2, 1) and hits.rate == 0.5
     hits.shown("c")  # "a" leaves the window, with its hit
     assert hits.figures() == (2, 0)
+
+
+def test_feedback_per_line_and_arm_keeps_the_newest_lines():
+    monitor = Monitor()
+    monitor.MAX_LINES = 2
+    for line in (1, 2, 3):
+        monitor.shown(f"r{line}", line, "serving", ["a", "b"])
+    monitor.shown("ab", 3, "ab", ["c"])
+    monitor.clicked("r3", 3, "serving", "a")
+    assert monitor.feedback() == [(3, "serving", 2, 1), (3, "ab", 1, 0), (2, "serving", 2, 0)]
