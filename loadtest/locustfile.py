@@ -8,7 +8,8 @@ a client interceptor that reports it to Locust (the gRPC status decides success 
 
 Run it with `make loadtest` (which starts a server on 127.0.0.1 unless TARGET is given), or
 directly: `locust -f loadtest/locustfile.py --host 127.0.0.1:50051`. Options (after the Locust
-ones): --think-ms (pause between steps, default 0), --k (items per request, default 10),
+ones): --think-ms (pause between steps, default 0), --step-rate (steps per second per shopper,
+paced on a clock; 0 = no pacing), --k (items per request, default 10),
 --no-events (skip RecordEvents), --no-feedback (skip impressions and clicks),
 --max-steps (steps per session, default 20).
 """
@@ -48,9 +49,16 @@ def sessions() -> list[list[str]]:
     return _sessions
 
 
+@events.init.add_listener
+def _read_sessions(environment, **kwargs) -> None:
+    sessions()  # before any user starts: reading the log would stall every user's calls
+
+
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
     parser.add_argument("--think-ms", type=float, default=0.0, help="pause between a shopper's steps")
+    parser.add_argument("--step-rate", type=float, default=0.0,
+                        help="steps per second per shopper, paced on a clock (0: as fast as the calls go)")
     parser.add_argument("--k", type=int, default=10, help="items per RecommendItems")
     parser.add_argument("--max-steps", type=int, default=20, help="steps per session at most")
     parser.add_argument("--no-events", action="store_true", help="skip RecordEvents")
@@ -80,7 +88,8 @@ class Shopper(User):
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
-        self.think = options.think_ms / 1000
+        self.think, self.step_rate = options.think_ms / 1000, options.step_rate
+        self.next_step = time.monotonic()
         self.k, self.max_steps = options.k, options.max_steps
         self.send_events, self.send_feedback = not options.no_events, not options.no_feedback
         self.rng = random.Random(os.getpid() * 1000 + next(_shoppers))
@@ -95,11 +104,21 @@ class Shopper(User):
         shopper = f"locust-{os.getpid()}-{next(_shoppers)}"
         try:
             for step, item in enumerate(session[:-1]):
+                self.pace()
                 self.step(shopper, session, step, item)
                 if self.think:
                     time.sleep(self.think)  # gevent's, once Locust has patched the standard library
         except grpc.RpcError:
             pass  # reported by the interceptor
+
+    def pace(self) -> None:
+        """With --step-rate, wait for this shopper's next step on the clock (a late step goes at
+        once, and the ones after it catch up)."""
+        if self.step_rate:
+            delay = self.next_step - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self.next_step = max(self.next_step, time.monotonic() - 1.0) + 1 / self.step_rate
 
     def step(self, shopper: str, session: list[str], step: int, item: str) -> None:
         rec = self.client.recommend_items(session[max(0, step - 9):step + 1], user_id=shopper, k=self.k)

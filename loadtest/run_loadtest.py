@@ -5,6 +5,11 @@ running server; only loopback targets are accepted), runs Locust for a fixed tim
 count, keeps Locust's CSV stats and HTML report under --out, prints a summary (requests per
 second, p50/p95/p99 and failures per RPC) and exits non-zero if any request failed or the p95 of
 RecommendItems is above --slo-p95-ms (50 ms by default, the original design's SLO).
+
+With --find-max-rps it searches instead for the highest rate the server answers with
+RecommendItems p99 under --p99-ms (10 ms by default) and no failure: the shoppers' pace (steps
+per second each, --step-rate of the locustfile) doubles from 1 until a run misses, then the last
+good and the first bad pace are bisected three times; each run takes --step-seconds.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ def run_locust(target: str, users: int, spawn_rate: float, seconds: int, prefix:
     """Locust headless against `target`; returns its exit code (non-zero when requests failed)."""
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", target,
                "-u", str(users), "-r", str(spawn_rate), "-t", f"{seconds}s", "--stop-timeout", "10",
-               "--csv", str(prefix), "--html", str(prefix) + ".html", "--only-summary", *extra]
+               "--csv", str(prefix), "--html", str(prefix) + ".html", "--only-summary",
+               "--reset-stats", *extra]  # figures from when every user has started
     return subprocess.run(command, cwd=ROOT, timeout=seconds + 120).returncode
 
 
@@ -43,6 +49,35 @@ def read_stats(prefix: Path) -> dict[str, dict[str, float]]:
         for row in csv.DictReader(f):
             out[row["Name"]] = {key: float(row[column] or 0) for key, column in COLUMNS.items()}
     return out
+
+
+def find_max_rps(target: str, args, extra: list[str], out: Path) -> dict | None:
+    """The passing run with the highest calls per second (see the module docstring), or None."""
+    runs = []
+
+    def trial(pace: float) -> bool:
+        prefix = out / f"pace-{pace:g}"
+        code = run_locust(target, args.users, args.spawn_rate, args.step_seconds, prefix,
+                          [*extra, "--step-rate", f"{pace:g}"])
+        stats = read_stats(prefix)
+        total, recommend = stats.get("Aggregated", {}), stats.get("RecommendItems", {})
+        ok = code == 0 and not total.get("failures") and bool(recommend) and recommend["p99_ms"] < args.p99_ms
+        runs.append({"pace": pace, "ok": ok, "rps": total.get("rps", 0.0), "recommend_rps": recommend.get("rps", 0.0),
+                     "recommend_p99_ms": recommend.get("p99_ms"), "failures": total.get("failures", 0.0)})
+        print(json.dumps(runs[-1]), flush=True)
+        return ok
+
+    good, bad, pace = 0.0, 0.0, 1.0
+    while pace <= 256:
+        if not trial(pace):
+            bad = pace
+            break
+        good, pace = pace, pace * 2
+    for _ in range(3 if good and bad else 0):
+        middle = (good + bad) / 2
+        good, bad = (middle, bad) if trial(middle) else (good, middle)
+    passed = [r for r in runs if r["ok"]]
+    return max(passed, key=lambda r: r["rps"]) if passed else None
 
 
 def summary(stats: dict[str, dict[str, float]]) -> str:
@@ -61,6 +96,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=60, help="how long Locust runs")
     parser.add_argument("--slo-p95-ms", type=float, default=50.0, help="RecommendItems p95 must stay below this")
     parser.add_argument("--out", default=str(OUT), help="where the CSV stats and the HTML report go")
+    parser.add_argument("--find-max-rps", action="store_true",
+                        help="search for the highest rate with RecommendItems p99 under --p99-ms")
+    parser.add_argument("--p99-ms", type=float, default=10.0, help="the p99 bound of --find-max-rps")
+    parser.add_argument("--step-seconds", type=int, default=15, help="length of each --find-max-rps run")
     args, extra = parser.parse_known_args()  # the rest goes to the locustfile (e.g. --think-ms)
     if args.target and not is_loopback(args.target.rsplit(":", 1)[0]):
         parser.error(f"--target: only loopback addresses may be load-tested, not {args.target!r}")
@@ -70,13 +109,22 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # stops the server too
     with tempfile.TemporaryDirectory(prefix="covisit-loadtest-") as tmp:
         if args.target:
-            code = run_locust(args.target, args.users, args.spawn_rate, args.seconds, prefix, extra)
+            target, server = args.target, None
         else:
-            with Server(Path(tmp) / "data", out / "server.log", {}) as server:
-                server.start()
+            server = Server(Path(tmp) / "data", out / "server.log", {})
+            server.start()
+        try:
+            if server is not None:
                 server.wait_serving(300.0)
-                code = run_locust(f"127.0.0.1:{server.port}", args.users, args.spawn_rate, args.seconds, prefix,
-                                  extra)
+                target = f"127.0.0.1:{server.port}"
+            if args.find_max_rps:
+                best = find_max_rps(target, args, extra, out)
+                print(json.dumps({"max_rps_at_p99_under_ms": args.p99_ms, "users": args.users, **(best or {})}))
+                return 0 if best else 1
+            code = run_locust(target, args.users, args.spawn_rate, args.seconds, prefix, extra)
+        finally:
+            if server is not None:
+                server.stop()
     stats = read_stats(prefix)
     print(summary(stats))
     recommend = stats.get("RecommendItems", {})
