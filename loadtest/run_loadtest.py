@@ -33,9 +33,12 @@ COLUMNS = {"requests": "Request Count", "failures": "Failure Count", "rps": "Req
            "p50_ms": "50%", "p95_ms": "95%", "p99_ms": "99%", "max_ms": "100%"}
 
 
-def run_locust(target: str, users: int, spawn_rate: float, seconds: int, prefix: Path, extra: list[str]) -> int:
-    """Locust headless against `target`; returns its exit code (non-zero when requests failed)."""
+def run_locust(target: str, args, seconds: int, prefix: Path, extra: list[str]) -> int:
+    """Locust headless against `target` with args.users in args.processes processes; returns its
+    exit code (non-zero when requests failed)."""
+    users, spawn_rate = args.users, args.spawn_rate
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", target,
+               "--processes", str(args.processes),
                "-u", str(users), "-r", str(spawn_rate), "-t", f"{seconds}s", "--stop-timeout", "10",
                "--csv", str(prefix), "--html", str(prefix) + ".html", "--only-summary",
                "--reset-stats", *extra]  # figures from when every user has started
@@ -57,8 +60,7 @@ def find_max_rps(target: str, args, extra: list[str], out: Path) -> dict | None:
 
     def trial(pace: float) -> bool:
         prefix = out / f"pace-{pace:g}"
-        code = run_locust(target, args.users, args.spawn_rate, args.step_seconds, prefix,
-                          [*extra, "--step-rate", f"{pace:g}"])
+        code = run_locust(target, args, args.step_seconds, prefix, [*extra, "--step-rate", f"{pace:g}"])
         stats = read_stats(prefix)
         total, recommend = stats.get("Aggregated", {}), stats.get("RecommendItems", {})
         ok = code == 0 and not total.get("failures") and bool(recommend) and recommend["p99_ms"] < args.p99_ms
@@ -93,6 +95,8 @@ def main() -> int:
     parser.add_argument("--target", default="", help="HOST:PORT of a running server on loopback (default: start one)")
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--spawn-rate", type=float, default=50.0, help="users started per second")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="Locust processes; each has one call in flight (see the locustfile)")
     parser.add_argument("--seconds", type=int, default=60, help="how long Locust runs")
     parser.add_argument("--slo-p95-ms", type=float, default=50.0, help="RecommendItems p95 must stay below this")
     parser.add_argument("--out", default=str(OUT), help="where the CSV stats and the HTML report go")
@@ -121,7 +125,7 @@ def main() -> int:
                 best = find_max_rps(target, args, extra, out)
                 print(json.dumps({"max_rps_at_p99_under_ms": args.p99_ms, "users": args.users, **(best or {})}))
                 return 0 if best else 1
-            code = run_locust(target, args.users, args.spawn_rate, args.seconds, prefix, extra)
+            code = run_locust(target, args, args.seconds, prefix, extra)
         finally:
             if server is not None:
                 server.stop()
