@@ -125,7 +125,7 @@ class Learner:
         self._thread: threading.Thread | None = None
         self.on_serving = lambda: None  # called once the first snapshot serves
         self.on_build = lambda kind, seconds: None  # each snapshot built ("full" or "incremental")
-        self.on_swap = lambda seconds: None  # each publish: from built to serving (lock wait included)
+        self.on_swap = lambda seconds: None  # each incremental publish: built to serving (lock wait included)
 
     # ---- running ---------------------------------------------------------------------------
     def start(self) -> None:
