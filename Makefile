@@ -41,12 +41,7 @@ bench: $(STAMP)
 # the SLO. USERS, DURATION (seconds) and LOADTEST_ARGS (e.g. --think-ms 50) tune it.
 USERS ?= 50
 DURATION ?= 60
-LOADTEST_STAMP := $(VENV)/.loadtest-installed
-$(LOADTEST_STAMP): pyproject.toml | $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,loadtest]'
-	touch $(LOADTEST_STAMP)
-
-loadtest: $(LOADTEST_STAMP)
+loadtest: $(STAMP)
 	$(BIN)/python loadtest/run_loadtest.py --users $(USERS) --seconds $(DURATION) \
 		$(if $(TARGET),--target $(TARGET)) $(LOADTEST_ARGS)
 

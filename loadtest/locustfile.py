@@ -33,6 +33,7 @@ from locust import User, events, task
 
 from covisit.client import CovisitClient, Event
 from covisit.core.datasets import read_online_retail
+from covisit.server.app import is_loopback
 
 
 DATA = Path(__file__).resolve().parent / "data" / "online_retail.csv.gz"
@@ -53,7 +54,10 @@ def sessions() -> list[list[str]]:
 
 
 @events.init.add_listener
-def _read_sessions(environment, **kwargs) -> None:
+def _check_and_read(environment, **kwargs) -> None:
+    host = (environment.host or "").rsplit(":", 1)[0]
+    if not is_loopback(host):
+        raise SystemExit(f"--host: only loopback addresses may be load-tested, not {environment.host!r}")
     sessions()  # before any user starts: reading the log would stall every user's calls
 
 

@@ -9,7 +9,10 @@ RecommendItems is above --slo-p95-ms (50 ms by default, the original design's SL
 With --find-max-rps it searches instead for the highest rate the server answers with
 RecommendItems p99 under --p99-ms (10 ms by default) and no failure: the shoppers' pace (steps
 per second each, --step-rate of the locustfile) doubles from 1 until a run misses, then the last
-good and the first bad pace are bisected three times; each run takes --step-seconds.
+good and the first bad pace are bisected three times; each run takes --step-seconds. A run that
+delivers less than 90% of the RecommendItems rate it offers (users x pace) is saturated: the
+search stops there, since the load generator and the server, sharing this machine's cores,
+deliver no more; the figure says so ("saturated": true).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from covisit.server.app import is_loopback
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 OUT = ROOT / "build" / "loadtest"
+SATURATED = 0.9  # a run that reaches less than this share of its offered rate could go no faster
 COLUMNS = {"requests": "Request Count", "failures": "Failure Count",
            "p50_ms": "50%", "p95_ms": "95%", "p99_ms": "99%", "max_ms": "100%"}
 
@@ -45,44 +49,64 @@ def run_locust(target: str, args, seconds: int, prefix: Path, extra: list[str]) 
     return subprocess.run(command, cwd=ROOT, timeout=seconds + 120).returncode
 
 
-def read_stats(prefix: Path, args, seconds: int) -> dict[str, dict[str, float]]:
+def read_stats(prefix: Path, seconds: float) -> dict[str, dict[str, float]]:
     """RPC name (and "Aggregated") -> the COLUMNS figures from Locust's stats CSV, with "rps"
-    counted here over the run after the users have started: with --reset-stats and several
-    processes, Locust's own Requests/s came out ~25% low (650 calls in 14 s shown as 35/s)."""
-    measured = max(1.0, seconds - args.users / args.spawn_rate)
+    counted here over `seconds`: with --reset-stats and several processes, Locust's own
+    Requests/s came out ~25% low (650 calls in 14 s shown as 35/s)."""
     out = {}
     with open(f"{prefix}_stats.csv", newline="") as f:
         for row in csv.DictReader(f):
             out[row["Name"]] = {key: float(row[column] or 0) for key, column in COLUMNS.items()}
-            out[row["Name"]]["rps"] = out[row["Name"]]["requests"] / measured
+            out[row["Name"]]["rps"] = out[row["Name"]]["requests"] / seconds
     return out
+
+
+def measured_seconds(args, seconds: int) -> float:
+    """How long a run lasts once every user has started (the stats are reset then)."""
+    return max(1.0, seconds - args.users / args.spawn_rate)
+
+
+def search_max(trial, start: float = 1.0, limit: float = 256.0, bisections: int = 3) -> None:
+    """Calls trial(pace) -> (passed, saturated) with the pace doubling from `start` while runs
+    pass and keep up, at most up to `limit`; then the last passing and the first failing pace are
+    bisected `bisections` times. A run that passes but falls short of its pace (saturated) ends
+    the doubling: a faster pace would only queue more in the load generator."""
+    good, bad, pace = 0.0, 0.0, start
+    while pace <= limit:
+        passed, saturated = trial(pace)
+        if not passed:
+            bad = pace
+            break
+        good = pace
+        if saturated:
+            return
+        pace *= 2
+    for _ in range(bisections if good and bad else 0):
+        middle = (good + bad) / 2
+        good, bad = (middle, bad) if trial(middle)[0] else (good, middle)
 
 
 def find_max_rps(target: str, args, extra: list[str], out: Path) -> dict | None:
     """The passing run with the highest calls per second (see the module docstring), or None."""
     runs = []
 
-    def trial(pace: float) -> bool:
+    def trial(pace: float) -> tuple[bool, bool]:
         prefix = out / f"pace-{pace:g}"
         code = run_locust(target, args, args.step_seconds, prefix, [*extra, "--step-rate", f"{pace:g}"])
-        stats = read_stats(prefix, args, args.step_seconds)
+        stats = read_stats(prefix, measured_seconds(args, args.step_seconds))
         total, recommend = stats.get("Aggregated", {}), stats.get("RecommendItems", {})
-        ok = code == 0 and not total.get("failures") and bool(recommend) and recommend["p99_ms"] < args.p99_ms
-        runs.append({"pace": pace, "ok": ok, "rps": total.get("rps", 0.0), "recommend_rps": recommend.get("rps", 0.0),
+        passed = (code == 0 and not total.get("failures") and bool(recommend)
+                  and recommend["p99_ms"] < args.p99_ms)
+        offered = args.users * pace  # steps per second asked for; each step is one RecommendItems
+        saturated = recommend.get("rps", 0.0) < SATURATED * offered
+        runs.append({"pace": pace, "passed": passed, "saturated": saturated, "rps": total.get("rps", 0.0),
+                     "recommend_rps": recommend.get("rps", 0.0), "offered_recommend_rps": offered,
                      "recommend_p99_ms": recommend.get("p99_ms"), "failures": total.get("failures", 0.0)})
         print(json.dumps(runs[-1]), flush=True)
-        return ok
+        return passed, saturated
 
-    good, bad, pace = 0.0, 0.0, 1.0
-    while pace <= 256:
-        if not trial(pace):
-            bad = pace
-            break
-        good, pace = pace, pace * 2
-    for _ in range(3 if good and bad else 0):
-        middle = (good + bad) / 2
-        good, bad = (middle, bad) if trial(middle) else (good, middle)
-    passed = [r for r in runs if r["ok"]]
+    search_max(trial, limit=args.max_pace)
+    passed = [r for r in runs if r["passed"]]
     return max(passed, key=lambda r: r["rps"]) if passed else None
 
 
@@ -108,6 +132,8 @@ def main() -> int:
                         help="search for the highest rate with RecommendItems p99 under --p99-ms")
     parser.add_argument("--p99-ms", type=float, default=10.0, help="the p99 bound of --find-max-rps")
     parser.add_argument("--step-seconds", type=int, default=15, help="length of each --find-max-rps run")
+    parser.add_argument("--max-pace", type=float, default=256.0,
+                        help="the fastest pace (steps per second per user) --find-max-rps tries")
     args, extra = parser.parse_known_args()  # the rest goes to the locustfile (e.g. --think-ms)
     if args.target and not is_loopback(args.target.rsplit(":", 1)[0]):
         parser.error(f"--target: only loopback addresses may be load-tested, not {args.target!r}")
@@ -133,25 +159,32 @@ def main() -> int:
         finally:
             if server is not None:
                 server.stop()
-    stats = read_stats(prefix, args, args.seconds)
+    stats = read_stats(prefix, measured_seconds(args, args.seconds))
     print(summary(stats))
     recommend = stats.get("RecommendItems", {})
-    failures = stats.get("Aggregated", {}).get("failures", 0)
     verdict = {"users": args.users, "seconds": args.seconds, "rps": stats.get("Aggregated", {}).get("rps", 0.0),
-               "recommend_p95_ms": recommend.get("p95_ms"), "slo_p95_ms": args.slo_p95_ms, "failures": failures,
+               "recommend_rps": recommend.get("rps", 0.0), "recommend_p95_ms": recommend.get("p95_ms"),
+               "slo_p95_ms": args.slo_p95_ms, "failures": stats.get("Aggregated", {}).get("failures", 0.0),
                "report": str(prefix) + ".html"}
     print(json.dumps(verdict))
+    problems = judge(stats, code, args.slo_p95_ms)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+def judge(stats: dict[str, dict[str, float]], locust_code: int, slo_p95_ms: float) -> list[str]:
+    """What fails the run: no RecommendItems at all, any failed request, or its p95 above the SLO."""
+    recommend = stats.get("RecommendItems")
     if not recommend:
-        print("no RecommendItems call was made", file=sys.stderr)
-        return 1
-    if failures or code != 0:
-        print(f"{failures:.0f} requests failed (locust exit code {code})", file=sys.stderr)
-        return 1
-    if recommend["p95_ms"] > args.slo_p95_ms:
-        print(f"RecommendItems p95 {recommend['p95_ms']:.0f} ms is above the SLO ({args.slo_p95_ms:g} ms)",
-              file=sys.stderr)
-        return 1
-    return 0
+        return ["no RecommendItems call was made"]
+    problems = []
+    failures = stats.get("Aggregated", recommend)["failures"]
+    if failures or locust_code != 0:
+        problems.append(f"{failures:.0f} requests failed (locust exit code {locust_code})")
+    if recommend["p95_ms"] > slo_p95_ms:
+        problems.append(f"RecommendItems p95 {recommend['p95_ms']:.0f} ms is above the SLO ({slo_p95_ms:g} ms)")
+    return problems
 
 
 if __name__ == "__main__":
