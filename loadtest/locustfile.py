@@ -37,28 +37,28 @@ from covisit.server.app import is_loopback
 
 
 DATA = Path(__file__).resolve().parent / "data" / "online_retail.csv.gz"
-_sessions: list[list[str]] = []  # the invoices, read once per process
 _shoppers = itertools.count()
 
 
-def sessions() -> list[list[str]]:
+def read_sessions(path: Path) -> list[list[str]]:
     """The log's invoices of two or more items, each item once in a row."""
-    if not _sessions:
-        by_invoice: dict[str, list[str]] = defaultdict(list)
-        for ev in read_online_retail(DATA).events:
-            items = by_invoice[ev.session_id]
-            if not items or items[-1] != ev.item_id:
-                items.append(ev.item_id)
-        _sessions.extend(items for items in by_invoice.values() if len(items) >= 2)
-    return _sessions
+    by_invoice: dict[str, list[str]] = defaultdict(list)
+    for ev in read_online_retail(path).events:
+        items = by_invoice[ev.session_id]
+        if not items or items[-1] != ev.item_id:
+            items.append(ev.item_id)
+    return [items for items in by_invoice.values() if len(items) >= 2]
+
+
+# Read on import, which Locust does before it forks its --processes: they share one copy.
+SESSIONS = read_sessions(DATA)
 
 
 @events.init.add_listener
-def _check_and_read(environment, **kwargs) -> None:
+def _only_loopback(environment, **kwargs) -> None:
     host = (environment.host or "").rsplit(":", 1)[0]
     if not is_loopback(host):
         raise SystemExit(f"--host: only loopback addresses may be load-tested, not {environment.host!r}")
-    sessions()  # before any user starts: reading the log would stall every user's calls
 
 
 @events.init_command_line_parser.add_listener
@@ -107,25 +107,26 @@ class Shopper(User):
 
     @task
     def shop(self) -> None:
-        session = self.rng.choice(sessions())[:self.max_steps + 1]
+        session = self.rng.choice(SESSIONS)[:self.max_steps + 1]
         shopper = f"locust-{os.getpid()}-{next(_shoppers)}"
         try:
             for step, item in enumerate(session[:-1]):
                 self.pace()
                 self.step(shopper, session, step, item)
                 if self.think:
-                    time.sleep(self.think)  # gevent's, once Locust has patched the standard library
+                    time.sleep(self.think)
         except grpc.RpcError:
             pass  # reported by the interceptor
 
     def pace(self) -> None:
         """With --step-rate, wait for this shopper's next step on the clock (a late step goes at
-        once, and the ones after it catch up)."""
+        once, and the ones after it catch up). Without, still yield: blocking calls never do, and
+        the process's other shoppers, its spawner and its reports to the master must get turns."""
+        delay = 0.0
         if self.step_rate:
-            delay = self.next_step - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            delay = max(0.0, self.next_step - time.monotonic())
             self.next_step = max(self.next_step, time.monotonic() - 1.0) + 1 / self.step_rate
+        time.sleep(delay)  # gevent's, once Locust has patched the standard library
 
     def step(self, shopper: str, session: list[str], step: int, item: str) -> None:
         rec = self.client.recommend_items(session[max(0, step - 9):step + 1], user_id=shopper, k=self.k)

@@ -20,10 +20,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 # sibling scripts: loadtest/ is this script's sys.path[0]
@@ -37,33 +40,76 @@ COLUMNS = {"requests": "Request Count", "failures": "Failure Count",
            "p50_ms": "50%", "p95_ms": "95%", "p99_ms": "99%", "max_ms": "100%"}
 
 
-def run_locust(target: str, args, seconds: int, prefix: Path, extra: list[str]) -> int:
-    """Locust headless against `target` with args.users in args.processes processes; returns its
-    exit code (non-zero when requests failed)."""
+def run_locust(target: str, args, seconds: int, prefix: Path, extra: list[str],
+               server_pid: int | None = None) -> tuple[int, dict]:
+    """Locust headless against `target` with args.users in args.processes processes. Returns its
+    exit code (non-zero when requests failed) and the measured window: from when every user had
+    started (and each Locust process had reset its stats) to the time limit, its length in seconds
+    and the CPU the server process and the whole machine used in it ({} if Locust never got there)."""
     users, spawn_rate = args.users, args.spawn_rate
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", target,
                "--processes", str(args.processes),
                "-u", str(users), "-r", str(spawn_rate), "-t", f"{seconds}s",
                "--csv", str(prefix), "--html", str(prefix) + ".html", "--only-summary",
                "--reset-stats", *extra]  # figures from when every user has started
-    return subprocess.run(command, cwd=ROOT, timeout=seconds + 120).returncode
+    proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(seconds + 120, proc.kill)
+    watchdog.start()
+    resets, meter, window = 0, None, {}
+    try:
+        for line in proc.stderr:  # Locust logs to stderr: pass it on, timing the measured window
+            sys.stderr.write(line)
+            resets += "Resetting stats" in line
+            if meter is None and resets == args.processes + 1:  # the master's and every worker's
+                meter = CpuMeter(server_pid)
+            elif meter is not None and not window and "run-time limit reached" in line:
+                window = meter.stop()
+        code = proc.wait()
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    return code, window
+
+
+class CpuMeter:
+    """CPU seconds per second of wall time used by one process and by the whole machine, from
+    Linux's /proc, between construction and stop()."""
+
+    def __init__(self, pid: int | None):
+        self.pid = pid
+        self.start = self.read()
+
+    def read(self) -> tuple[float, float, float]:
+        hz = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / hz  # all but idle and iowait
+        process = 0.0
+        if self.pid is not None:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            process = (int(fields[11]) + int(fields[12])) / hz  # utime + stime
+        return time.monotonic(), busy, process
+
+    def stop(self) -> dict:
+        (t0, busy0, process0), (t1, busy1, process1) = self.start, self.read()
+        wall = max(t1 - t0, 1e-9)
+        out = {"seconds": wall, "machine_cores_busy": (busy1 - busy0) / wall}
+        if self.pid is not None:
+            out |= {"server_cores": (process1 - process0) / wall, "server_cpu_seconds": process1 - process0}
+        return out
 
 
 def read_stats(prefix: Path, seconds: float) -> dict[str, dict[str, float]]:
     """RPC name (and "Aggregated") -> the COLUMNS figures from Locust's stats CSV, with "rps"
-    counted here over `seconds`: with --reset-stats and several processes, Locust's own
-    Requests/s came out ~25% low (650 calls in 14 s shown as 35/s)."""
+    counted over the `seconds` measured here: Locust's own Requests/s starts the clock at the
+    master's stats reset, before the workers' (650 calls in 14 s came out as 35/s)."""
     out = {}
     with open(f"{prefix}_stats.csv", newline="") as f:
         for row in csv.DictReader(f):
             out[row["Name"]] = {key: float(row[column] or 0) for key, column in COLUMNS.items()}
             out[row["Name"]]["rps"] = out[row["Name"]]["requests"] / seconds
     return out
-
-
-def measured_seconds(args, seconds: int) -> float:
-    """How long a run lasts once every user has started (the stats are reset then)."""
-    return max(1.0, seconds - args.users / args.spawn_rate)
 
 
 def search_max(trial, start: float = 1.0, limit: float = 256.0, bisections: int = 3) -> None:
@@ -86,14 +132,15 @@ def search_max(trial, start: float = 1.0, limit: float = 256.0, bisections: int 
         good, bad = (middle, bad) if trial(middle)[0] else (good, middle)
 
 
-def find_max_rps(target: str, args, extra: list[str], out: Path) -> dict | None:
+def find_max_rps(target: str, args, extra: list[str], out: Path, server_pid: int | None) -> dict | None:
     """The passing run with the highest calls per second (see the module docstring), or None."""
     runs = []
 
     def trial(pace: float) -> tuple[bool, bool]:
         prefix = out / f"pace-{pace:g}"
-        code = run_locust(target, args, args.step_seconds, prefix, [*extra, "--step-rate", f"{pace:g}"])
-        stats = read_stats(prefix, measured_seconds(args, args.step_seconds))
+        code, window = run_locust(target, args, args.step_seconds, prefix, [*extra, "--step-rate", f"{pace:g}"],
+                                  server_pid)
+        stats = read_stats(prefix, window.get("seconds", args.step_seconds))
         total, recommend = stats.get("Aggregated", {}), stats.get("RecommendItems", {})
         passed = (code == 0 and not total.get("failures") and bool(recommend)
                   and recommend["p99_ms"] < args.p99_ms)
@@ -101,13 +148,22 @@ def find_max_rps(target: str, args, extra: list[str], out: Path) -> dict | None:
         saturated = recommend.get("rps", 0.0) < SATURATED * offered
         runs.append({"pace": pace, "passed": passed, "saturated": saturated, "rps": total.get("rps", 0.0),
                      "recommend_rps": recommend.get("rps", 0.0), "offered_recommend_rps": offered,
-                     "recommend_p99_ms": recommend.get("p99_ms"), "failures": total.get("failures", 0.0)})
+                     "recommend_p99_ms": recommend.get("p99_ms"), "failures": total.get("failures", 0.0),
+                     **cpu_figures(window, total.get("requests", 0.0))})
         print(json.dumps(runs[-1]), flush=True)
         return passed, saturated
 
     search_max(trial, limit=args.max_pace)
     passed = [r for r in runs if r["passed"]]
     return max(passed, key=lambda r: r["rps"]) if passed else None
+
+
+def cpu_figures(window: dict, calls: float) -> dict:
+    """The window's CPU figures, with the server's CPU milliseconds per call when it was measured."""
+    out = {key: window[key] for key in ("machine_cores_busy", "server_cores") if key in window}
+    if "server_cpu_seconds" in window:
+        out["server_cpu_ms_per_call"] = 1000 * window["server_cpu_seconds"] / max(calls, 1.0)
+    return out
 
 
 def summary(stats: dict[str, dict[str, float]]) -> str:
@@ -152,20 +208,25 @@ def main() -> int:
                 server.wait_serving(300.0)
                 target = f"127.0.0.1:{server.port}"
             if args.find_max_rps:
-                best = find_max_rps(target, args, extra, out)
+                best = find_max_rps(target, args, extra, out, server and server.proc.pid)
                 print(json.dumps({"max_rps_at_p99_under_ms": args.p99_ms, "users": args.users, **(best or {})}))
                 return 0 if best else 1
-            code = run_locust(target, args, args.seconds, prefix, extra)
+            code, window = run_locust(target, args, args.seconds, prefix, extra, server and server.proc.pid)
         finally:
             if server is not None:
                 server.stop()
-    stats = read_stats(prefix, measured_seconds(args, args.seconds))
+    stats = read_stats(prefix, window.get("seconds", args.seconds))
     print(summary(stats))
     recommend = stats.get("RecommendItems", {})
     verdict = {"users": args.users, "seconds": args.seconds, "rps": stats.get("Aggregated", {}).get("rps", 0.0),
                "recommend_rps": recommend.get("rps", 0.0), "recommend_p95_ms": recommend.get("p95_ms"),
                "slo_p95_ms": args.slo_p95_ms, "failures": stats.get("Aggregated", {}).get("failures", 0.0),
-               "report": str(prefix) + ".html"}
+               "report": str(prefix) + ".html", "window_seconds": window.get("seconds"),
+               **cpu_figures(window, stats.get("Aggregated", {}).get("requests", 0.0))}
+    if "server_cores" in verdict:
+        print(f"CPU: the server used {verdict['server_cores']:.2f} cores, {verdict['server_cpu_ms_per_call']:.3f} ms "
+              f"a call; the machine was {verdict['machine_cores_busy']:.2f} of {os.cpu_count()} cores busy "
+              f"(the rest is mostly the load generator)")
     print(json.dumps(verdict))
     problems = judge(stats, code, args.slo_p95_ms)
     for problem in problems:
