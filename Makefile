@@ -31,10 +31,17 @@ run: $(STAMP)
 eval: $(STAMP)
 	$(BIN)/covisit eval --preset online-retail --data $(DATA)
 
-bench: $(STAMP)
+# The alternatives (implicit, scipy) come from the `bench` extra, which only this target installs.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python loadtest/bench_core.py
 	$(BIN)/python loadtest/bench_grpc.py
 	$(BIN)/python loadtest/bench_freshness.py
+	$(BIN)/python loadtest/bench_alternatives.py
 
 # Locust replays real sessions against a server on 127.0.0.1 (started here unless TARGET=host:port
 # names a running one on loopback); fails on any failed request or a RecommendItems p95 above
