@@ -37,9 +37,12 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
+# Each part prints its figures and writes them as JSON under build/bench/ (the alternatives
+# also as alternatives.md).
 bench: $(BENCH_STAMP)
-	$(BIN)/python loadtest/bench_core.py
-	$(BIN)/python loadtest/bench_grpc.py
+	mkdir -p build/bench
+	$(BIN)/python loadtest/bench_core.py --json-out build/bench/core.json
+	$(BIN)/python loadtest/bench_grpc.py --json-out build/bench/grpc.json
 	$(BIN)/python loadtest/bench_freshness.py
 	$(BIN)/python loadtest/bench_alternatives.py
 

@@ -105,3 +105,17 @@ def test_recommendations_score_as_covisit(kind, config, log):
         got = [score for _, score in counter.recommend(context, 5)]
         # ties may order items differently: the scores, best first, must agree
         np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+def test_numpy_on_covisits_snapshot_scores_as_its_kernel(config, log):
+    snap = covisit(ModelConfig(window=config.window, backward=config.backward, distance=config.distance,
+                               top_n=5), log).snapshot()  # pruned: rows hold 5 of up to 39 links
+    assert (snap.ends - snap.starts).max() == 5
+    serving = alt.NumpyServing(snap)
+    rng = np.random.default_rng(5)
+    for start in rng.integers(0, len(log.items) - 5, size=30).tolist():
+        context = [NAMES[i] for i in log.items[start:start + 5].tolist()]
+        want = [r.score for r in recommend(snap, context, 5) if r.source == kt.SOURCE_COOCCURRENCE]
+        got = [score for _, score in serving.recommend(context, 5)]
+        np.testing.assert_allclose(got, want, rtol=1e-5)
