@@ -155,12 +155,27 @@ class CountsCSR:
         lo, hi = self.indptr[item], self.indptr[item + 1]
         return dict(zip(self.indices[lo:hi].tolist(), self.data[lo:hi].tolist()))
 
+    def known(self, context: Sequence[str]) -> np.ndarray:
+        """The context's known items as ids, the newest max_context."""
+        get = self.ids.get
+        return np.array([i for i in map(get, context) if i is not None][-self.config.max_context:],
+                        dtype=np.int64)
+
+    def summed(self, ctx: np.ndarray, spans: list[slice], weights, values: np.ndarray,
+               k: int) -> list[tuple[str, float]]:
+        """The top k of the context's rows (`spans` of indices and `values`) summed with their
+        `weights`, per item (np.unique, np.bincount), the context left out."""
+        cols = np.concatenate([self.indices[s] for s in spans])
+        vals = np.concatenate([values[s] * w for s, w in zip(spans, weights)])
+        items, where = np.unique(cols, return_inverse=True)
+        scores = np.bincount(where, weights=vals)
+        scores[np.isin(items, ctx)] = 0.0
+        return self.top(items, scores, k)
+
     def context(self, context: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The context's known items (newest max_context) and the weight of each one's counts:
         recency**age over its row total (0 for an item without links)."""
-        get = self.ids.get
-        ctx = np.array([i for i in map(get, context) if i is not None][-self.config.max_context:],
-                       dtype=np.int64)
+        ctx = self.known(context)
         totals = self.totals[ctx]
         weights = np.divide(context_weights(self.config, len(ctx)), totals,
                             out=np.zeros(len(ctx)), where=totals > 0)
@@ -195,12 +210,7 @@ class NumpyCounts(CountsCSR):
         if not len(ctx):
             return []
         spans = [slice(self.indptr[c], self.indptr[c + 1]) for c in ctx]
-        cols = np.concatenate([self.indices[s] for s in spans])
-        vals = np.concatenate([self.data[s] * w for s, w in zip(spans, weights)])
-        items, where = np.unique(cols, return_inverse=True)
-        scores = np.bincount(where, weights=vals)
-        scores[np.isin(items, ctx)] = 0.0  # the context is left out
-        return self.top(items, scores, k)
+        return self.summed(ctx, spans, weights, self.data, k)
 
 
 class NumpyServing(CountsCSR):
@@ -218,19 +228,12 @@ class NumpyServing(CountsCSR):
         return sum(a.nbytes for a in (self.starts, self.ends, self.indices, self.scores))
 
     def recommend(self, context: Sequence[str], k: int) -> list[tuple[str, float]]:
-        get = self.ids.get
-        ctx = np.array([i for i in map(get, context) if i is not None][-self.config.max_context:],
-                       dtype=np.int64)
+        ctx = self.known(context)
         if not len(ctx):
             return []
         weights = np.array(context_weights(self.config, len(ctx)), dtype=np.float32)
         spans = [slice(a, b) for a, b in zip(self.starts[ctx].tolist(), self.ends[ctx].tolist())]
-        cols = np.concatenate([self.indices[s] for s in spans])
-        vals = np.concatenate([self.scores[s] * w for s, w in zip(spans, weights)])
-        items, where = np.unique(cols, return_inverse=True)
-        scores = np.bincount(where, weights=vals)
-        scores[np.isin(items, ctx)] = 0.0  # the context is left out
-        return self.top(items, scores, k)
+        return self.summed(ctx, spans, weights, self.scores, k)
 
 
 def sample_rows(indptr: np.ndarray, n: int, seed: int) -> np.ndarray:

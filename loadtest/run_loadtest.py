@@ -11,8 +11,9 @@ RecommendItems p99 under --p99-ms (10 ms by default) and no failure: the shopper
 per second each, --step-rate of the locustfile) doubles from 1 until a run misses, then the last
 good and the first bad pace are bisected three times; each run takes --step-seconds. A run that
 delivers less than 90% of the RecommendItems rate it offers (users x pace) is saturated: the
-search stops there, since the load generator and the server, sharing this machine's cores,
-deliver no more; the figure says so ("saturated": true).
+search stops there, as a faster pace would only queue in the load generator; the figure says so
+("saturated": true), and the CPU figures tell whether the server (at about one core, its GIL's
+limit) or the machine ran out.
 """
 
 from __future__ import annotations

@@ -96,13 +96,16 @@ def test_check_counts_fails_on_other_counts(kind, log):
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
 def test_recommendations_score_as_covisit(kind, config, log):
-    snap = covisit(config, log).snapshot()
-    counter = fitted(kind, config, log)
-    rng = np.random.default_rng(3)
+    assert_scores_as_covisit(covisit(config, log).snapshot(), fitted(kind, config, log), log, seed=3)
+
+
+def assert_scores_as_covisit(snap, recommender, log, seed: int) -> None:
+    """On 30 contexts from the log, `recommender`'s scores equal covisit's co-visitation ones."""
+    rng = np.random.default_rng(seed)
     for start in rng.integers(0, len(log.items) - 5, size=30).tolist():
         context = [NAMES[i] for i in log.items[start:start + 5].tolist()]
         want = [r.score for r in recommend(snap, context, 5) if r.source == kt.SOURCE_COOCCURRENCE]
-        got = [score for _, score in counter.recommend(context, 5)]
+        got = [score for _, score in recommender.recommend(context, 5)]
         # ties may order items differently: the scores, best first, must agree
         np.testing.assert_allclose(got, want, rtol=1e-5)
 
@@ -112,10 +115,4 @@ def test_numpy_on_covisits_snapshot_scores_as_its_kernel(config, log):
     snap = covisit(ModelConfig(window=config.window, backward=config.backward, distance=config.distance,
                                top_n=5), log).snapshot()  # pruned: rows hold 5 of up to 39 links
     assert (snap.ends - snap.starts).max() == 5
-    serving = alt.NumpyServing(snap)
-    rng = np.random.default_rng(5)
-    for start in rng.integers(0, len(log.items) - 5, size=30).tolist():
-        context = [NAMES[i] for i in log.items[start:start + 5].tolist()]
-        want = [r.score for r in recommend(snap, context, 5) if r.source == kt.SOURCE_COOCCURRENCE]
-        got = [score for _, score in serving.recommend(context, 5)]
-        np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert_scores_as_covisit(snap, alt.NumpyServing(snap), log, seed=5)
