@@ -103,6 +103,17 @@ class CovisitClient:
         self._feedback = feedback_pb2_grpc.FeedbackServiceStub(channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(channel)
 
+    @classmethod
+    def for_replicas(cls, addresses: Sequence[str], **kwargs) -> CovisitClient:
+        """A client that spreads its calls over replicas round robin, one connection to each
+        ("ip:port" each; a replica that goes away gets no calls until it is back). Other keyword
+        arguments are the constructor's."""
+        if not addresses or isinstance(addresses, str):
+            raise ValueError("addresses must be a non-empty sequence of 'ip:port'")
+        scheme = "ipv6" if any(a.startswith("[") for a in addresses) else "ipv4"
+        options = [("grpc.lb_policy_name", "round_robin"), *kwargs.pop("options", ())]
+        return cls(f"{scheme}:{','.join(addresses)}", options=options, **kwargs)
+
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         self._channel.close()

@@ -152,9 +152,8 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
     metrics = ServerMetrics(engine, latencies, monitor, cache_on)
     options = [("grpc.max_receive_message_length", s.max_message_bytes),
                ("grpc.max_send_message_length", s.max_message_bytes),
-               # grpcio shares ports by default: a second server on a taken port would silently
-               # get half the traffic (with its own model and log); make that a start error
-               ("grpc.so_reuseport", 0)]
+               # grpcio shares ports by default; only replicas asking for it may (see reuse_port)
+               ("grpc.so_reuseport", int(s.reuse_port))]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.max_workers), options=options,
                          interceptors=[ServiceInterceptor(s.admin_token, s.insecure_admin, latencies,
                                                           metrics.observe_rpc)])

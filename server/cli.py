@@ -268,6 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
              "server.tls_cert": args.tls_cert, "server.tls_key": args.tls_key,
              "server.tls_client_ca": args.tls_client_ca,
              "server.insecure_admin": True if args.insecure_admin else None,
+             "server.reuse_port": True if args.reuse_port else None,
              "monitor.metrics_port": args.metrics_port, "monitor.metrics_enabled": False if args.no_metrics else None}
     config = load_config(args.config, os.environ, {k: v for k, v in flags.items() if v is not None})
     serve(config)
@@ -358,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mutual TLS)")
     p.add_argument("--insecure-admin", action="store_true",
                    help="allow admin calls without a token (loopback hosts only)")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="let other replicas bind the same port (SO_REUSEPORT; the kernel spreads connections)")
     p.add_argument("--metrics-port", type=int, help="Prometheus metrics port (default 9464; 0 picks a free one)")
     p.add_argument("--no-metrics", action="store_true", help="no Prometheus metrics endpoint")
     p.set_defaults(func=cmd_serve)

@@ -83,6 +83,10 @@ class ServerConfig(_Section):
     max_message_bytes: int = 4 * 1024 * 1024
     # Seconds in-flight calls get to finish on shutdown.
     grace_seconds: float = 5.0
+    # Let several server processes bind this one port (SO_REUSEPORT; the kernel spreads
+    # connections between them), for replicas serving one model. Off, a taken port is a start
+    # error, since a second server would silently take half the traffic with a model of its own.
+    reuse_port: bool = False
 
     def _checks(self) -> list[tuple[str, bool, str]]:
         return [
@@ -95,6 +99,7 @@ class ServerConfig(_Section):
             *((name, isinstance(getattr(self, name), str), "a string") for name in
               ("data", "catalog", "admin_token", "tls_cert", "tls_key", "tls_client_ca")),
             ("insecure_admin", isinstance(self.insecure_admin, bool), "true or false"),
+            ("reuse_port", isinstance(self.reuse_port, bool), "true or false"),
             ("max_message_bytes", _int(self.max_message_bytes, 1024, 2**31 - 1),
              "an integer in 1024..2147483647"),
             ("grace_seconds", _num(self.grace_seconds) and self.grace_seconds >= 0, "seconds >= 0"),

@@ -9,10 +9,12 @@ from __future__ import annotations
 import csv
 import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from covisit.server.app import create_server
 from covisit.server.cli import main
@@ -111,3 +113,11 @@ def run(capsys, *argv):
 def fields(lines):
     """"name=value" output lines as a dict."""
     return dict(line.split("=", 1) for line in lines)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """Every sample of a server's metrics endpoint: (name, sorted label pairs) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

@@ -9,7 +9,7 @@ from covisit.client import CovisitClient, Event, Item
 from covisit.core.model import CoVisitModel
 from covisit.server.app import create_server
 from covisit.server.config import ConfigError, load_config
-from tests.server.serving import NOW, TOKEN, eventually, start
+from tests.server.serving import NOW, TOKEN, eventually, scrape, start
 
 @pytest.fixture
 def served(tmp_path):
@@ -243,6 +243,49 @@ def test_a_taken_port_fails_cleanly_and_frees_the_log(tmp_path):
         again.stop(0)  # the log in "second" could be opened again
     finally:
         server.stop(0)
+
+
+def test_replicas_share_a_port_only_when_asked(tmp_path):
+    """With reuse_port, a second server binds the same port and the kernel spreads new
+    connections over both; without it the same bind is a start error (test above)."""
+    first, port = start(tmp_path / "first", **{"server.reuse_port": True})
+    second, _ = start(tmp_path / "second", **{"server.port": port, "server.reuse_port": True})
+    try:
+        for _ in range(20):  # a connection each (no shared subchannel), spread by the kernel
+            with CovisitClient(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as client:
+                client.recommend_items(["a"], k=3)
+        served = [recommend_calls(server.metrics_port) for server in (first, second)]
+        assert sum(served) == 20 and min(served) > 0
+    finally:
+        first.stop(0)
+        second.stop(0)
+
+
+def recommend_calls(metrics_port: int) -> float:
+    """RecommendItems calls a server has answered OK, from its own metrics endpoint (a replica
+    still loading its model answers UNAVAILABLE, which the client retries)."""
+    return scrape(metrics_port).get(("covisit_rpc_requests_total", (("code", "OK"), ("method", "RecommendItems"))), 0.0)
+
+
+def test_a_client_spreads_calls_over_replicas_round_robin(tmp_path):
+    servers = [start(tmp_path / name) for name in ("a", "b")]
+    try:
+        with CovisitClient.for_replicas([f"127.0.0.1:{port}" for _, port in servers], admin_token=TOKEN) as client:
+            def served():
+                return [recommend_calls(server.metrics_port) for server, _ in servers]
+
+            for _ in range(200):  # until both connections are up (calls go to ready ones only)
+                client.recommend_items(["a"], k=3)
+                if min(before := served()) > 0:
+                    break
+            for _ in range(20):
+                client.recommend_items(["a"], k=3)
+            assert [after - was for after, was in zip(served(), before)] == [10, 10]
+    finally:
+        for server, _ in servers:
+            server.stop(0)
+    with pytest.raises(ValueError, match="addresses"):
+        CovisitClient.for_replicas("127.0.0.1:1")
 
 
 def test_a_taken_metrics_port_fails_cleanly_and_frees_the_log(tmp_path):

@@ -5,26 +5,16 @@ log with `covisit report`, and `covisit top`."""
 import json
 import re
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from covisit.client import CovisitClient, Event
 from covisit.server.cli import main
-from tests.server.serving import NOW, TOKEN, start
+from tests.server.serving import NOW, TOKEN, scrape, start
 
 DASHBOARD = Path(__file__).parents[2] / "server" / "monitoring" / "grafana-dashboard.json"
 DEADLINE = 20.0
-
-
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    """Every sample of the endpoint: (name, sorted label pairs) -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def value(samples, name: str, **labels) -> float:

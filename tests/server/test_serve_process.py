@@ -56,13 +56,14 @@ def test_the_metrics_flags(tmp_path):
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
-    proc = serve(tmp_path / "off", "--port", str(port), "--no-metrics", "--metrics-port", str(metrics))
+    proc = serve(tmp_path / "off", "--port", str(port), "--no-metrics", "--metrics-port", str(metrics), "--reuse-port")
     try:
         wait_serving(f"127.0.0.1:{port}")
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10)
         with CovisitClient(f"127.0.0.1:{port}", timeout=10, admin_token=TOKEN) as client:
-            assert client.get_status().config["monitor.metrics_enabled"] == "False"
+            config = client.get_status().config
+            assert (config["monitor.metrics_enabled"], config["server.reuse_port"]) == ("False", "True")
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
