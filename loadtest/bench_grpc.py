@@ -81,9 +81,10 @@ def cut_contexts(sessions: list[list[str]], n: int, rng: random.Random) -> list[
 class Server:
     """`covisit serve` in a child process; use as a context manager (stops it on the way out)."""
 
-    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str]):
+    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str], port: int = 0):
         self.data_dir, self.log_path, self.env = data_dir, log_path, env
         self.proc: subprocess.Popen | None = None
+        self.fixed_port = port  # 0: a free one at each start
         self.port = 0
 
     def command(self) -> list[str]:
@@ -94,7 +95,7 @@ class Server:
                 "--data-dir", str(self.data_dir), "--insecure-admin"]
 
     def start(self) -> None:
-        self.port = free_port()
+        self.port = self.fixed_port or free_port()
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("COVISIT_")}
         child_env["COVISIT_MONITOR_METRICS_PORT"] = "0"  # never clash with a server already running
         child_env.update(self.env)
