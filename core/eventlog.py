@@ -1,7 +1,7 @@
 """The durable event log: every acknowledged event is on disk, in order, and can be replayed.
 
-`EventLog` is the interface; `LocalEventLog` is the embedded implementation (a distributed log
-will implement the same interface later).
+`EventLog` is the interface; `LocalEventLog` is the embedded implementation
+(`covisit.core.jetstream_log.JetStreamEventLog` is the distributed one, over NATS JetStream).
 
 On disk a `LocalEventLog` is a directory of segment files `NNNNNNNNNNNNNNNNNNNN.seg`, each named
 by the offset (0-based index in the whole log) of its first event. A segment is a run of records:
@@ -136,6 +136,14 @@ class MemoryEventLog:
         pass
 
 
+def check_read_args(from_offset: int, max_events: int | None) -> None:
+    """ValueError unless `read(from_offset, max_events)` asks for a possible range."""
+    if from_offset < 0:
+        raise ValueError(f"from_offset must be >= 0, got {from_offset}")
+    if max_events is not None and max_events < 0:
+        raise ValueError(f"max_events must be >= 0 or None, got {max_events}")
+
+
 def encode_event(event: Event) -> bytes:
     """One record (header + payload) for `event`."""
     try:
@@ -167,6 +175,17 @@ def decode_payload(payload: bytes) -> Event:
     session = None if n_session == _NO_SESSION else payload[d:d + n_session].decode("utf-8")
     return Event(payload[a:b].decode("utf-8"), payload[b:c].decode("utf-8"),
                  payload[c:d].decode("utf-8"), ts, session)
+
+
+def decode_record(record: bytes) -> Event:
+    """The event in one whole record as `encode_event` made it (a message of a distributed
+    log); CorruptLogError if it is damaged."""
+    end, why = _check_record(record, 0)
+    if why is None and end != len(record):
+        why = f"{len(record) - end} bytes after the record"
+    if why:
+        raise CorruptLogError(f"a damaged record: {why}")
+    return decode_payload(record[_RECORD_HEADER.size:])
 
 
 def _check_record(buf, pos: int) -> tuple[int, str | None]:
@@ -282,10 +301,7 @@ class LocalEventLog:
         return end
 
     def read(self, from_offset: int, max_events: int | None = None) -> list[tuple[int, Event]]:
-        if from_offset < 0:
-            raise ValueError(f"from_offset must be >= 0, got {from_offset}")
-        if max_events is not None and max_events < 0:
-            raise ValueError(f"max_events must be >= 0 or None, got {max_events}")
+        check_read_args(from_offset, max_events)
         with self._write_lock:
             first = self._segments[0].base
             if from_offset < first:
