@@ -70,13 +70,30 @@ class OffsetOutOfRange(EventLogError, LookupError):
     """The asked offset was deleted by `delete_before`."""
 
 
+class OffsetMismatch(EventLogError):
+    """An `append(..., expect_offset=...)` found the log ending elsewhere: the event meant for
+    offset `expected` (and those after it) was not appended."""
+
+    def __init__(self, expected: int, actual: int):
+        super().__init__(f"the append expected the log to end at offset {expected}, but it"
+                         f" ends at {actual}; nothing from there on was appended")
+        self.expected = expected
+        self.actual = actual
+
+
 @runtime_checkable
 class EventLog(Protocol):
     """An ordered, durable, replayable sequence of events; offset = 0-based index in the log."""
 
-    def append(self, events: Sequence[Event]) -> int:
+    def append(self, events: Sequence[Event], *, expect_offset: int | None = None) -> int:
         """Append `events` in order; return the offset after the last one, once they are as
-        durable as the implementation's policy promises."""
+        durable as the implementation's policy promises.
+
+        With `expect_offset`, append only if the log ends exactly there when the first event
+        is stored, else append nothing and raise OffsetMismatch (optimistic concurrency:
+        of appenders racing with the same expect_offset, exactly one gets its batch in). A
+        shared log may also raise it later in the batch, another appender having got in: the
+        events before stay, each at its own offset, and `actual` says where the log ends."""
         ...
 
     def read(self, from_offset: int, max_events: int | None = None) -> list[tuple[int, Event]]:
@@ -111,14 +128,16 @@ class MemoryEventLog:
         self._events: list[Event] = []
         self._lock = threading.Lock()
 
-    def append(self, events: Sequence[Event]) -> int:
+    def append(self, events: Sequence[Event], *, expect_offset: int | None = None) -> int:
+        check_expect_offset(expect_offset)
         with self._lock:
+            if expect_offset is not None and expect_offset != len(self._events):
+                raise OffsetMismatch(expect_offset, len(self._events))
             self._events.extend(events)
             return len(self._events)
 
     def read(self, from_offset: int, max_events: int | None = None) -> list[tuple[int, Event]]:
-        if from_offset < 0:
-            raise ValueError(f"from_offset must be >= 0, got {from_offset}")
+        check_read_args(from_offset, max_events)
         with self._lock:
             stop = len(self._events) if max_events is None else from_offset + max_events
             return list(enumerate(self._events[from_offset:stop], start=from_offset))
@@ -134,6 +153,12 @@ class MemoryEventLog:
 
     def close(self) -> None:
         pass
+
+
+def check_expect_offset(expect_offset: int | None) -> None:
+    """ValueError unless `expect_offset` is None or an offset."""
+    if expect_offset is not None and expect_offset < 0:
+        raise ValueError(f"expect_offset must be >= 0 or None, got {expect_offset}")
 
 
 def check_read_args(from_offset: int, max_events: int | None) -> None:
@@ -280,11 +305,17 @@ class LocalEventLog:
 
     # -- the EventLog interface ------------------------------------------------------------
 
-    def append(self, events: Sequence[Event]) -> int:
+    def append(self, events: Sequence[Event], *, expect_offset: int | None = None) -> int:
+        """See `EventLog.append`. `expect_offset` is compared, under the lock that orders the
+        writes, with the offset this append would start at: the end of every append made so
+        far, synced or not (in interval mode `durable_offset` can lag behind it)."""
+        check_expect_offset(expect_offset)
         records = [encode_event(e) for e in events]  # a bad event fails before any write
         data = b"".join(records)
         with self._write_lock:
             self._check_usable()
+            if expect_offset is not None and expect_offset != self._written:
+                raise OffsetMismatch(expect_offset, self._written)
             segment = self._segments[-1]
             if segment.size and segment.size + len(data) > self.segment_bytes:
                 segment = self._roll()

@@ -18,6 +18,16 @@ ids, so those JetStream already stored are not stored twice (within the stream's
 window, 2 minutes by default); if a leader change loses an event while a later one of the same
 batch got through, the retry puts the lost one after it.
 
+Guarded appends (`expect_offset`): every message carries Nats-Expected-Last-Sequence, the
+offset its event must land at (offset = sequence - 1, so the log's end is the last sequence),
+and the first goes out alone, the rest only after its PubAck. So of replicas racing with the
+same expect_offset exactly one stores its first event, and the others get OffsetMismatch having
+sent nothing else; and no event of a guarded batch lands anywhere but at its own offset. Should
+an event fail its guard after the first (another appender got in between), the events before
+it stay and OffsetMismatch says where the log ends. A resent message whose original was stored
+is answered by the message-id deduplication (checked before the expected sequence) with the
+original's sequence, which counts as success, not as a mismatch.
+
 Reads are batched direct gets (allow_direct), which any replica may answer: one behind the
 leader returns fewer events, so `read` asks again until it has every event up to the end the
 leader reported, and so sees all that `durable_offset` counts.
@@ -28,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -42,7 +53,9 @@ from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableErr
 from covisit.core.eventlog import (
     CorruptLogError,
     EventLogError,
+    OffsetMismatch,
     OffsetOutOfRange,
+    check_expect_offset,
     check_read_args,
     decode_record,
     encode_event,
@@ -53,9 +66,11 @@ from covisit.core.loop_thread import LoopThread
 log = logging.getLogger(__name__)
 
 # The one header sent (JetStream stores headers with each message, and every read parses
-# them): no Nats-Expected-Stream, since streams of an account cannot share a subject and
-# opening checked that ours captures it.
+# them), but for a guarded batch's first message: no Nats-Expected-Stream, since streams of an
+# account cannot share a subject and opening checked that ours captures it.
 MSG_ID = "Nats-Msg-Id"
+EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
+_WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code: "wrong last sequence: <the last sequence>"
 _STATUS = "Status"
 _NO_RESPONDERS = "503"  # no stream leader listens (an election) or no replica answers
 _END_OF_BATCH = "204"
@@ -116,17 +131,25 @@ class JetStreamEventLog:
 
     # -- the EventLog interface ------------------------------------------------------------
 
-    def append(self, events: Sequence[Event]) -> int:
+    def append(self, events: Sequence[Event], *, expect_offset: int | None = None) -> int:
+        """See `EventLog.append`; with `expect_offset`, the stream's last sequence must equal it
+        when JetStream stores the first event (the module docstring says what that guards)."""
+        check_expect_offset(expect_offset)
         records = [encode_event(e) for e in events]  # a bad event fails before any publish
         if not records:
-            return self.durable_offset
+            end = self.durable_offset
+            if expect_offset is not None and expect_offset != end:
+                raise OffsetMismatch(expect_offset, end)
+            return end
         with self._state_lock:
             self._check_open()
             self._appends += 1
             ids = [f"{self._id_prefix}-{self._appends}-{i}" for i in range(len(records))]
+        headers = [{MSG_ID: msg_id} for msg_id in ids]
         seconds = self._seconds_for(len(records))
-        return self._call(self._publish_all(records, ids, time.monotonic() + seconds), seconds,
-                          "acknowledge the append")
+        return self._call(self._publish_guarded(records, headers, expect_offset,
+                                                time.monotonic() + seconds),
+                          seconds, "acknowledge the append")
 
     def read(self, from_offset: int, max_events: int | None = None) -> list[tuple[int, Event]]:
         check_read_args(from_offset, max_events)
@@ -268,7 +291,20 @@ class JetStreamEventLog:
 
     # appending
 
-    async def _publish_all(self, records: list[bytes], ids: list[str], deadline: float) -> int:
+    async def _publish_guarded(self, records: list[bytes], headers: list[dict[str, str]],
+                               expect_offset: int | None, deadline: float) -> int:
+        """Publish the records, each guarded at its own offset if `expect_offset` is given (the
+        first alone); the offset after the last."""
+        if expect_offset is None:
+            return await self._publish_all(records, headers, deadline)
+        guarded = [{**h, EXPECTED_LAST_SEQUENCE: str(expect_offset + i)} for i, h in enumerate(headers)]
+        end = await self._publish_all(records[:1], guarded[:1], deadline, expect_offset)
+        if len(records) == 1:
+            return end
+        return await self._publish_all(records[1:], guarded[1:], deadline, expect_offset + 1)
+
+    async def _publish_all(self, records: list[bytes], headers: list[dict[str, str]],
+                           deadline: float, expect_offset: int | None = None) -> int:
         """Publish until every record has an ack; the offset after the last."""
         sequences: list[int | None] = [None] * len(records)
         while True:
@@ -276,30 +312,30 @@ class JetStreamEventLog:
             if not missing:
                 return max(sequences)
             replies = await self._publish([records[i] for i in missing],
-                                          [ids[i] for i in missing], deadline)
+                                          [headers[i] for i in missing], deadline)
             for i, reply in zip(missing, replies):
                 if reply is not None:
-                    sequences[i] = self._acked_sequence(reply)
+                    sequences[i] = self._acked_sequence(reply, None if expect_offset is None else expect_offset + i)
             if None in sequences:
                 if time.monotonic() + _RETRY_PAUSE >= deadline:
                     raise _Transient(f"{sequences.count(None)} of {len(records)} events"
                                      " not acknowledged")
                 await asyncio.sleep(_RETRY_PAUSE)
 
-    async def _publish(self, records: list[bytes], ids: list[str],
+    async def _publish(self, records: list[bytes], headers: list[dict[str, str]],
                        deadline: float) -> list[Msg | None]:
         """Send the records back to back, then wait for their replies (None: none came)."""
         waiting: list[tuple[str, asyncio.Future]] = []
         try:
             async with self._send_lock:
-                for record, msg_id in zip(records, ids):
+                for record, record_headers in zip(records, headers):
                     self._ack_tokens += 1
                     token = str(self._ack_tokens)
                     future = self._acks[token] = asyncio.get_running_loop().create_future()
                     waiting.append((token, future))
                     await self._nc.publish(self.subject, record,
                                            reply=f"{self._ack_prefix}.{token}",
-                                           headers={MSG_ID: msg_id})
+                                           headers=record_headers)
         except _TRANSIENT_NATS_ERRORS as exc:  # the unsent ones get no reply and are retried
             log.info("JetStream log %s: a publish failed (%r); retrying", self.stream, exc)
         replies = await self._replies(waiting, deadline)
@@ -328,16 +364,22 @@ class JetStreamEventLog:
         if future is not None and not future.done():
             future.set_result(msg)
 
-    def _acked_sequence(self, reply: Msg) -> int | None:
-        """The stream sequence a PubAck gives, None for a transient failure; a lasting one raises."""
+    def _acked_sequence(self, reply: Msg, expect_offset: int | None = None) -> int | None:
+        """The stream sequence a PubAck gives (a duplicate's is the original's), None for a
+        transient failure; a lasting one raises, OffsetMismatch for a failed guard."""
         if reply.headers and reply.headers.get(_STATUS) == _NO_RESPONDERS:
             return None
         answer = json.loads(reply.data)
         error = answer.get("error")
         if error is None:
-            return answer["seq"]
+            # a duplicate of a message still being stored may be answered with sequence 0
+            return answer["seq"] or None
         if error.get("code") == 503:
             return None
+        if error.get("err_code") == _WRONG_LAST_SEQUENCE and expect_offset is not None:
+            # "wrong last sequence: <last>"; -1 should another server version not say it
+            last = re.search(r"(\d+)\s*$", error.get("description", ""))
+            raise OffsetMismatch(expect_offset, int(last.group(1)) if last else -1)
         raise EventLogError(f"JetStream rejected a publish to {self.subject}: {error}")
 
     # reading

@@ -28,7 +28,7 @@ from covisit.core import checkpoints as ck
 from covisit.core.config import ModelConfig
 from covisit.core.durable import write_durably
 from covisit.core.errors import FailedPrecondition, NotFound
-from covisit.core.eventlog import EventLog
+from covisit.core.eventlog import EventLog, EventLogError
 from covisit.core.gate import GateRun, Predictions
 from covisit.core.model import CoVisitModel
 from covisit.core.snapshot import Snapshot
@@ -41,6 +41,7 @@ KEPT_VERSIONS = 3
 KEPT_RECORDS = 200  # states of versions no longer kept (RETIRED, REJECTED), for reports
 READ_BATCH = 100_000  # events read from the log per model update
 VERSION_BLOCK = 1000  # version numbers reserved on disk at a time, so they never repeat
+LOG_RETRY_SECONDS = 1.0  # between attempts to reach a shared event log that is out of reach
 BUILDING, AVAILABLE, SERVING, SHADOW, CANDIDATE, REJECTED, RETIRED = (
     "BUILDING", ck.AVAILABLE, ck.SERVING, ck.SHADOW, ck.CANDIDATE, ck.REJECTED, ck.RETIRED)
 
@@ -181,10 +182,15 @@ class Learner:
             _yield_to_requests()
             self._load()
             while True:
-                with self._lock:
-                    if not self._wait_for_work():
-                        return
-                self._step()
+                try:
+                    with self._lock:
+                        if not self._wait_for_work():
+                            return
+                    self._step()
+                except EventLogError as exc:  # a shared log out of reach: the model keeps serving
+                    log.warning("the event log is out of reach (%s); trying again in %.0f s", exc, LOG_RETRY_SECONDS)
+                    with self._lock:
+                        self._wake.wait(LOG_RETRY_SECONDS)
         except Exception as exc:
             log.exception("the learner stopped")
             with self._lock:
@@ -270,7 +276,12 @@ class Learner:
             pinned = self.pinned is not None
         built = None
         if not pinned:
-            events = self.event_log.read(self._applied, READ_BATCH)
+            try:
+                events = self.event_log.read(self._applied, READ_BATCH)
+            except EventLogError as exc:  # the calls waiting on this step hear why
+                for waiter, _ in waiters:
+                    waiter.set_exception(exc)
+                raise
             if events:
                 self._apply(events, score=True)
             if resume:  # the operator's call: the full build serves at once

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from covisit.core.catalog import Catalog, catalog_from_diginetica, catalog_from_online_retail, read_catalog_csv
 from covisit.core.datasets import read_events_file, read_preset
 from covisit.core.engine import Engine
-from covisit.core.eventlog import LocalEventLog
+from covisit.core.eventlog import EventLog, EventLogError, LocalEventLog, OffsetMismatch
 from covisit.core.monitor import Monitor
 from covisit.server.config import Config, ConfigError
 from covisit.server.interceptor import Latencies, ServiceInterceptor
@@ -77,9 +77,18 @@ def seed_log(config: Config, event_log) -> None:
     if unknown:
         raise ConfigError(f"server.data: event types {unknown} are not in model.event_weights")
     events = sorted(report.events, key=lambda e: e.timestamp)
-    done = event_log.durable_offset  # a seeding cut short by a crash goes on where it stopped
-    for start in range(done, len(events), SEED_BATCH):
-        event_log.append(events[start:start + SEED_BATCH])
+    # A seeding cut short by a crash goes on where it stopped. Replicas sharing a log may seed
+    # at once: each batch lands only where the log ends, so one replica's copy lands and the
+    # others go on from the new end.
+    done = event_log.durable_offset
+    while done < len(events):
+        try:
+            done = event_log.append(events[done:done + SEED_BATCH], expect_offset=done)
+        except OffsetMismatch:
+            now = event_log.durable_offset
+            if now <= done:
+                raise EventLogError(f"the log refused a seed batch at offset {done}, where it ends") from None
+            done = now
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps({**source, "events": len(events)}))
     os.replace(tmp, marker)
@@ -95,6 +104,21 @@ def load_model(config: Config, engine: Engine, on_serving=lambda: None) -> None:
     preset_catalog = CATALOG_PRESETS.get(s.preset)
     if preset_catalog and not s.catalog:  # metadata for the CONTENT fallback of cold items
         engine.catalog.upsert(preset_catalog(s.data))
+
+
+def open_event_log(s, learning) -> EventLog:
+    """The local log under data_dir, or the JetStream stream at s.event_log that replicas share."""
+    if not s.event_log:
+        return LocalEventLog(Path(s.data_dir) / "events", fsync=learning.fsync,
+                             interval_ms=learning.fsync_interval_ms)
+    try:
+        from covisit.core.jetstream_log import JetStreamEventLog
+    except ImportError as exc:  # nats-py comes with the nats extra only
+        raise ConfigError(f"server.event_log: {exc.name} is missing; pip install 'covisit[nats]'") from exc
+    # a subject per stream: streams of one NATS account may not share subjects
+    return JetStreamEventLog(s.event_log.split(","), stream=s.event_log_stream,
+                             subject=f"covisit.{s.event_log_stream}", replicas=s.event_log_replicas,
+                             client_name=f"covisit-{s.host}:{s.port}")
 
 
 def _credentials(s) -> grpc.ServerCredentials | None:
@@ -142,8 +166,7 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
         if s.catalog:
             catalog.upsert(read_catalog_csv(s.catalog))
         learning = config.learning
-        event_log = LocalEventLog(Path(s.data_dir) / "events", fsync=learning.fsync,
-                                  interval_ms=learning.fsync_interval_ms)
+        event_log = open_event_log(s, learning)
         engine = Engine(config.model, limits=config.limits, cache=config.cache, history=config.history,
                         exploration=config.exploration, learning=learning, catalog=catalog,
                         log=event_log, data_dir=s.data_dir, monitor=Monitor.from_settings(config.monitor, s.data_dir))

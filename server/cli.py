@@ -269,6 +269,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
              "server.tls_client_ca": args.tls_client_ca,
              "server.insecure_admin": True if args.insecure_admin else None,
              "server.reuse_port": True if args.reuse_port else None,
+             "server.event_log": args.event_log, "server.event_log_replicas": args.event_log_replicas,
              "monitor.metrics_port": args.metrics_port, "monitor.metrics_enabled": False if args.no_metrics else None}
     config = load_config(args.config, os.environ, {k: v for k, v in flags.items() if v is not None})
     serve(config)
@@ -359,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mutual TLS)")
     p.add_argument("--insecure-admin", action="store_true",
                    help="allow admin calls without a token (loopback hosts only)")
+    p.add_argument("--event-log", metavar="nats://HOST:PORT[,...]",
+                   help="share a JetStream stream with other replicas instead of the local log (the nats extra)")
+    p.add_argument("--event-log-replicas", type=int, metavar="N", help="copies of the JetStream stream (default 1)")
     p.add_argument("--reuse-port", action="store_true",
                    help="let other replicas bind the same port (SO_REUSEPORT; the kernel spreads connections)")
     p.add_argument("--metrics-port", type=int, help="Prometheus metrics port (default 9464; 0 picks a free one)")

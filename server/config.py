@@ -87,6 +87,12 @@ class ServerConfig(_Section):
     # connections between them), for replicas serving one model. Off, a taken port is a start
     # error, since a second server would silently take half the traffic with a model of its own.
     reuse_port: bool = False
+    # Where events are logged: "" for the local log under data_dir, or the NATS URLs of a
+    # JetStream cluster ("nats://h1:4222,nats://h2:4222"), whose stream every replica shares.
+    event_log: str = ""
+    # The JetStream stream's name and its copies (3 in a 3-node cluster: a node may die).
+    event_log_stream: str = "COVISIT_EVENTS"
+    event_log_replicas: int = 1
 
     def _checks(self) -> list[tuple[str, bool, str]]:
         return [
@@ -100,6 +106,12 @@ class ServerConfig(_Section):
               ("data", "catalog", "admin_token", "tls_cert", "tls_key", "tls_client_ca")),
             ("insecure_admin", isinstance(self.insecure_admin, bool), "true or false"),
             ("reuse_port", isinstance(self.reuse_port, bool), "true or false"),
+            ("event_log", isinstance(self.event_log, str) and all(
+                url.startswith("nats://") for url in self.event_log.split(",") if self.event_log),
+             "'' (the local log) or comma-separated nats:// URLs"),
+            ("event_log_stream", isinstance(self.event_log_stream, str) and self.event_log_stream.isidentifier(),
+             "a stream name (letters, digits, _)"),
+            ("event_log_replicas", _int(self.event_log_replicas, 1, 5), "an integer in 1..5"),
             ("max_message_bytes", _int(self.max_message_bytes, 1024, 2**31 - 1),
              "an integer in 1024..2147483647"),
             ("grace_seconds", _num(self.grace_seconds) and self.grace_seconds >= 0, "seconds >= 0"),

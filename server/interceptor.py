@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 
 from covisit.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from covisit.core.eventlog import EventLogError
 
 log = logging.getLogger(__name__)
 ADMIN_PREFIX = "/covisit.v1.AdminService/"
@@ -29,6 +30,7 @@ CODES = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (EventLogError, grpc.StatusCode.UNAVAILABLE),  # the log is out of reach: nothing was acknowledged
 ]
 
 

@@ -16,11 +16,15 @@ from covisit.core.eventlog import (
     EventLog,
     EventLogError,
     LocalEventLog,
+    MemoryEventLog,
+    OffsetMismatch,
     OffsetOutOfRange,
 )
 from covisit.core.events import Event
 from tests.core.eventlog_contract import (
+    check_expect_offset_guards_appends,
     check_offsets_and_reads_from_the_middle,
+    check_racing_seeders_append_each_batch_once,
     check_round_trip_keeps_every_field,
     ev,
     run_in_threads,
@@ -46,6 +50,52 @@ def test_round_trip_keeps_every_field(tmp_path):
 def test_offsets_and_reads_from_the_middle(tmp_path):
     with LocalEventLog(tmp_path) as log:
         check_offsets_and_reads_from_the_middle(log)
+
+
+def test_memory_log_keeps_the_contract():
+    assert isinstance(MemoryEventLog(), EventLog)
+    check_round_trip_keeps_every_field(MemoryEventLog())
+    check_offsets_and_reads_from_the_middle(MemoryEventLog())
+
+
+def test_expect_offset_guards_appends(tmp_path):
+    check_expect_offset_guards_appends(MemoryEventLog())
+    with LocalEventLog(tmp_path) as log:
+        check_expect_offset_guards_appends(log)
+    with LocalEventLog(tmp_path) as log:  # the guard holds across a reopen
+        with pytest.raises(OffsetMismatch, match="ends at 6"):
+            log.append([ev(6)], expect_offset=5)
+        assert log.append([ev(6)], expect_offset=6) == 7
+
+
+def test_expect_offset_counts_appends_not_yet_synced(tmp_path):
+    log = LocalEventLog(tmp_path, fsync="interval", interval_ms=60_000)
+    assert log.append([ev(0), ev(1)]) == 2
+    assert log.durable_offset == 0  # the next append still starts at 2
+    with pytest.raises(OffsetMismatch, match="end at offset 0, but it ends at 2"):
+        log.append([ev(9)], expect_offset=0)
+    assert log.append([ev(2)], expect_offset=2) == 3
+    log.close()
+    with LocalEventLog(tmp_path) as log:
+        assert log.read(0) == [(k, ev(k)) for k in range(3)]
+
+
+def test_racing_seeders_append_each_batch_once_in_memory():
+    log = MemoryEventLog()
+    check_racing_seeders_append_each_batch_once([log] * 4)
+
+
+def test_racing_seeders_append_each_batch_once_under_group_commit(tmp_path, monkeypatch):
+    real = eventlog._fdatasync
+
+    def slow_fdatasync(fd):  # appends pile up behind each fsync, ahead of durable_offset
+        time.sleep(0.002)
+        real(fd)
+
+    monkeypatch.setattr(eventlog, "_fdatasync", slow_fdatasync)
+    with LocalEventLog(tmp_path, segment_bytes=512) as log:  # rolls segments mid-race too
+        check_racing_seeders_append_each_batch_once([log] * 4)
+        assert len(segment_names(tmp_path)) > 1
 
 
 def test_reopen_and_continue_appending(tmp_path):

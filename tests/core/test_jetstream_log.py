@@ -9,11 +9,13 @@ import time
 import pytest
 
 from covisit.core import jetstream_log
-from covisit.core.eventlog import EventLog, EventLogError, OffsetOutOfRange
+from covisit.core.eventlog import EventLog, EventLogError, OffsetMismatch, OffsetOutOfRange
 from covisit.core.events import Event
 from covisit.core.jetstream_log import JetStreamEventLog
 from tests.core.eventlog_contract import (
+    check_expect_offset_guards_appends,
     check_offsets_and_reads_from_the_middle,
+    check_racing_seeders_append_each_batch_once,
     check_round_trip_keeps_every_field,
     ev,
     run_in_threads,
@@ -94,24 +96,71 @@ def test_a_read_asks_again_when_a_replica_behind_the_leader_answers(open_log, mo
     assert answers == [1, 4, 4]
 
 
-def test_lost_acks_are_retried_without_storing_an_event_twice(open_log, monkeypatch):
+def lose_acks(monkeypatch, n: int) -> list:
+    """Drop the next `n` PubAcks, as a connection dropped under them would; the dropped list."""
     monkeypatch.setattr(jetstream_log, "_REPLY_WAIT", 0.2)
     dropped = []
     on_ack = JetStreamEventLog._on_ack
 
-    async def lose_the_first_three(self, msg):  # as a connection dropped under them would
-        if len(dropped) < 3:
+    async def lose_the_first_n(self, msg):
+        if len(dropped) < n:
             dropped.append(msg)
         else:
             await on_ack(self, msg)
 
-    monkeypatch.setattr(JetStreamEventLog, "_on_ack", lose_the_first_three)
+    monkeypatch.setattr(JetStreamEventLog, "_on_ack", lose_the_first_n)
+    return dropped
+
+
+def test_lost_acks_are_retried_without_storing_an_event_twice(open_log, monkeypatch):
+    dropped = lose_acks(monkeypatch, 3)
     log = open_log()
     assert log.append([ev(k) for k in range(5)]) == 5
     assert len(dropped) == 3
     assert log.durable_offset == 5  # the resent three were recognised by their message ids
     assert log.read(0) == [(k, ev(k)) for k in range(5)]
     assert log.append([ev(5)]) == 6
+
+
+def test_expect_offset_guards_appends(open_log):
+    check_expect_offset_guards_appends(open_log())
+
+
+def test_a_failed_guard_sends_nothing_after_the_first_event(open_log, monkeypatch):
+    log = open_log()
+    log.append([ev(0)])
+    sent = []
+    publish = JetStreamEventLog._publish
+
+    async def counting(self, records, headers, deadline):
+        sent.extend(headers)
+        return await publish(self, records, headers, deadline)
+
+    monkeypatch.setattr(JetStreamEventLog, "_publish", counting)
+    with pytest.raises(OffsetMismatch, match="end at offset 0, but it ends at 1"):
+        log.append([ev(k) for k in range(10)], expect_offset=0)
+    assert [h.get(jetstream_log.EXPECTED_LAST_SEQUENCE) for h in sent] == ["0"]
+    assert log.durable_offset == 1
+    assert log.read(0) == [(0, ev(0))]
+
+
+def test_a_resent_guarded_first_event_is_no_false_mismatch(open_log, monkeypatch):
+    """The first event was stored but its ack lost: the resend's duplicate ack is success."""
+    dropped = lose_acks(monkeypatch, 2)
+    log = open_log()
+    assert log.append([ev(k) for k in range(5)], expect_offset=0) == 5
+    assert len(dropped) == 2  # the first event's ack, then its resend's
+    assert log.durable_offset == 5
+    assert log.read(0) == [(k, ev(k)) for k in range(5)]
+    assert log.append([ev(5)], expect_offset=5) == 6
+
+
+def test_racing_seeding_replicas_append_each_batch_once(open_log, cluster):
+    first = open_log()
+    # four replicas of the service, each on its own connection, through different nodes
+    logs = [first] + [open_log(servers=cluster.urls[t % 3:] + cluster.urls[:t % 3])
+                      for t in range(1, 4)]
+    check_racing_seeders_append_each_batch_once(logs)
 
 
 def test_reopen_and_continue_appending(open_log):

@@ -11,7 +11,7 @@ import pytest
 from covisit.core.config import ModelConfig
 from covisit.core.engine import Engine
 from covisit.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from covisit.core.eventlog import LocalEventLog
+from covisit.core.eventlog import EventLogError, LocalEventLog
 from covisit.core.events import Event
 from covisit.core.experiments import in_arm
 from covisit.core.model import CoVisitModel
@@ -77,6 +77,33 @@ def test_a_few_events_serve_within_max_delay(engines):
         time.sleep(0.01)
     assert "z" in [s.item_id for s in engine.recommend(context_items=["a"], k=10).items]
     assert engine.snapshot.meta["kind"] == "incremental"
+
+
+def test_a_log_out_of_reach_pauses_learning_and_serving_goes_on(engines, monkeypatch):
+    """A shared log can be unreachable for a while (a NATS outage): the learner keeps the
+    model serving, tries again, and learns what was logged once the log answers."""
+    engine = engines(min_events=1, max_delay_seconds=0.05)
+    engine.load(walks(5))
+    v = engine.snapshot.version
+    log, read = engine.event_log, engine.event_log.read
+    failures = []
+
+    def unreachable(*args, **kwargs):
+        if len(failures) < 2:
+            failures.append(time.monotonic())
+            raise EventLogError("the stream did not serve the read within 10 s")
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(log, "read", unreachable)
+    engine.record_events([Event("new", "a", "view", T0 + 1000, "n"), Event("new", "z", "view", T0 + 1001, "n")])
+    deadline = time.monotonic() + 10
+    while engine.snapshot.version == v:
+        assert time.monotonic() < deadline, "learning did not resume once the log answered"
+        assert engine.learner.state != "failed", engine.learner.error
+        assert engine.recommend(context_items=["a"], k=3).items  # the old model still serves
+        time.sleep(0.01)
+    assert len(failures) == 2 and failures[1] - failures[0] >= 0.9  # retried after a pause
+    assert "z" in [s.item_id for s in engine.recommend(context_items=["a"], k=10).items]
 
 
 def test_restart_serves_the_checkpoint_then_replays_the_log(tmp_path, engines):

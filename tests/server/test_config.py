@@ -263,6 +263,11 @@ def test_unreadable_and_invalid_toml(tmp_path, toml):
     ({"server.port": 1.0}, "override server.port: expected an integer, got 1.0"),
     ({"server.nope": 1}, "override server.nope: unknown setting"),
     ({"port": 1}, "override port: unknown section 'port'"),
+    ({"server.event_log": "http://127.0.0.1:4222"},
+     "override server.event_log: must be '' (the local log) or comma-separated nats:// URLs"),
+    ({"server.event_log": "nats://127.0.0.1:4222,127.0.0.1:4223"}, "override server.event_log: must be"),
+    ({"server.event_log_stream": "my stream"}, "override server.event_log_stream: must be a stream name"),
+    ({"server.event_log_replicas": 0}, "override server.event_log_replicas: must be an integer in 1..5"),
 ])
 def test_override_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as info:
