@@ -81,18 +81,20 @@ def seed_log(config: Config, event_log) -> None:
     # at once: each batch lands only where the log ends, so one replica's copy lands and the
     # others go on from the new end.
     done = event_log.durable_offset
+    appended = 0
     while done < len(events):
         try:
-            done = event_log.append(events[done:done + SEED_BATCH], expect_offset=done)
-        except OffsetMismatch:
-            now = event_log.durable_offset
+            end = event_log.append(events[done:done + SEED_BATCH], expect_offset=done)
+            appended, done = appended + end - done, end
+        except OffsetMismatch as exc:
+            now = exc.actual if exc.actual >= 0 else event_log.durable_offset
             if now <= done:
                 raise EventLogError(f"the log refused a seed batch at offset {done}, where it ends") from None
             done = now
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps({**source, "events": len(events)}))
     os.replace(tmp, marker)
-    log.info("seeded the event log with %d events from %s", len(events), s.data)
+    log.info("the event log holds the %d events of %s (%d appended by this server)", len(events), s.data, appended)
 
 
 def load_model(config: Config, engine: Engine, on_serving=lambda: None) -> None:

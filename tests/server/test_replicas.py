@@ -5,9 +5,14 @@ counts, equal to a batch build of the stream."""
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
+import grpc
 import pytest
 
 from covisit.client import CovisitClient, Event
@@ -15,7 +20,7 @@ from covisit.core.config import ModelConfig
 from covisit.core.jetstream_log import JetStreamEventLog
 from covisit.core.model import CoVisitModel
 from tests.nats_cluster import NatsCluster
-from tests.server.serving import NOW, start, write_events
+from tests.server.serving import NOW, TOKEN, free_port, start, wait_serving, write_events
 
 _streams = (f"REPLICAS_{n}" for n in itertools.count())
 DEADLINE = 30.0
@@ -82,3 +87,87 @@ def test_an_event_taken_by_one_replica_is_served_by_the_other(replicas):
         while "Q" not in [i.item_id for i in b.recommend_items(["P"], k=5).items]:
             assert time.monotonic() < deadline, "replica b never served what replica a took"
             time.sleep(0.05)
+
+
+def launch(directory: Path, port: int, cluster, stream: str) -> subprocess.Popen:
+    """`covisit serve` as a replica process on the shared stream, logging to directory/serve.log."""
+    directory.mkdir(parents=True, exist_ok=True)
+    events = directory / "events.csv"
+    write_events(events)
+    env = {**os.environ, "COVISIT_ADMIN_TOKEN": TOKEN, "COVISIT_EXPLORATION_RATE": "0",
+           "COVISIT_SERVER_EVENT_LOG_STREAM": stream}
+    with open(directory / "serve.log", "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "covisit.server.cli", "-q", "serve", "--port", str(port), "--preset", "",
+             "--data", str(events), "--data-dir", str(directory / "data"), "--no-metrics",
+             "--event-log", ",".join(cluster.urls), "--event-log-replicas", "3"],
+            env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_a_nats_node_and_a_replica_killed_during_ingest_lose_nothing_acknowledged(cluster, tmp_path):
+    stream = next(_streams)
+    ports = {"a": free_port(), "b": free_port()}
+    procs = {name: launch(tmp_path / name, port, cluster, stream) for name, port in ports.items()}
+    acked: list[Event] = []
+    try:
+        for port in ports.values():
+            wait_serving(f"127.0.0.1:{port}", timeout=60)
+        clients = {name: CovisitClient(f"127.0.0.1:{port}", timeout=5) for name, port in ports.items()}
+        stop = threading.Event()
+
+        def writer() -> None:  # alternates replicas; keeps what was acknowledged
+            deadline = time.monotonic() + 60
+            for call in range(600):
+                if stop.is_set() or time.monotonic() > deadline:
+                    return
+                events = [Event(f"w{call}", item, "view", NOW + call, f"w{call}") for item in ("a", "b", f"i{call % 7}")]
+                try:
+                    clients["ab"[call % 2]].record_events(events)
+                    acked.extend(events)
+                except grpc.RpcError:
+                    pass  # not acknowledged: the replica or the stream was down
+                time.sleep(0.005)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        time.sleep(1.0)
+        leader = cluster.stream_leader(stream)
+        leader.kill()
+        procs["b"].kill()  # SIGKILL both mid-ingest
+        procs["b"].wait(timeout=10)
+        time.sleep(1.0)
+        cluster.restart(leader)
+        procs["b"] = launch(tmp_path / "b", ports["b"], cluster, stream)
+        wait_serving(f"127.0.0.1:{ports['b']}", timeout=60)
+        time.sleep(1.0)  # some ingest after the restarts too
+        stop.set()
+        thread.join(timeout=90)
+        assert not thread.is_alive()
+        with JetStreamEventLog(cluster.urls, stream=stream, subject=f"covisit.{stream}", replicas=3) as log:
+            end = log.durable_offset
+            stored = {(e.user_id, e.item_id, e.timestamp) for _, e in log.read(0)}
+        assert len(acked) > 300  # ingest went on around the kills
+        assert [e for e in acked if (e.user_id, e.item_id, e.timestamp) not in stored] == []
+        # both replicas learn the whole stream and answer alike
+        admins = [CovisitClient(f"127.0.0.1:{port}", timeout=5, admin_token=TOKEN) for port in ports.values()]
+        deadline = time.monotonic() + DEADLINE
+        contexts = [["a"], ["b"], ["x"], *([f"i{k}"] for k in range(7))]
+        statuses = []
+        while True:
+            assert all(proc.poll() is None for proc in procs.values()), {n: p.poll() for n, p in procs.items()}
+            try:
+                statuses = [admin.get_status() for admin in admins]
+                answers = [[[(i.item_id, round(i.score, 5)) for i in admin.recommend_items(ctx, k=5).items]
+                            for ctx in contexts] for admin in admins]
+                if all(s.log_events == end and s.events_pending == 0 for s in statuses) and answers[0] == answers[1]:
+                    break
+            except grpc.RpcError as exc:  # gRPC's reconnect backoff to the restarted replica
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+            assert time.monotonic() < deadline, f"replicas did not converge: {statuses}"
+            time.sleep(0.2)
+        for client in (*clients.values(), *admins):
+            client.close()
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait(timeout=10)
