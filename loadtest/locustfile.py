@@ -6,8 +6,8 @@ the item, RecordImpressions for the items shown, and RecordClicks when the invoi
 item was among them, so the CTR the server sees follows real behaviour. Every call goes through
 a client interceptor that reports it to Locust (the gRPC status decides success or failure).
 
-Calls block (gRPC's gevent mode is not used): under it a call took a 20 ms median at 46
-RecommendItems/s, against 1 ms blocking, so its figures were the client's, not the server's.
+Calls block (gRPC's gevent mode is not used): under it, at a light load, a call's median was
+many times a blocking call's, so its figures were the client's, not the server's.
 A blocking call holds its Locust process, so each process has one call in flight; run several
 (`--processes`, which make loadtest sets) for concurrent calls.
 
