@@ -20,7 +20,7 @@ from tests.core.eventlog_contract import (
     ev,
     run_in_threads,
 )
-from tests.nats_cluster import NatsCluster
+from loadtest.nats_cluster import NatsCluster
 
 _stream_names = (f"TEST_{n}" for n in itertools.count())
 

