@@ -268,6 +268,9 @@ class Status:
     feedback: tuple[VersionFeedback, ...]
     counts_digest: str  # "" unless asked for
     slos: tuple[SloCheck, ...]
+    replica: str  # this replica's name in a fleet sharing a JetStream log ("" alone)
+    leader: str  # the fleet's leader ("" alone or during an election)
+    model_line: str  # the full build model_version grew from (the same on every replica of a fleet)
 
     @classmethod
     def from_proto(cls, msg: admin_pb2.GetStatusResponse) -> Status:

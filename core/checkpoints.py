@@ -13,8 +13,10 @@ import dataclasses
 import json
 import logging
 import os
+import io
 import re
 import shutil
+import tarfile
 import tempfile
 import threading
 import time
@@ -145,6 +147,40 @@ class CheckpointStore:
         log.info("checkpoint v%d saved (watermark %d, %s)", info.version, watermark, state)
         return info
 
+    def export(self, version: int) -> bytes:
+        """The checkpoint as one uncompressed tar (its arrays hardly compress), for a store
+        other replicas read (`import_archive`)."""
+        path = self._existing(version)
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            tar.add(path, arcname=".")
+        return out.getvalue()
+
+    def import_archive(self, version: int, data: bytes) -> CheckpointInfo:
+        """Unpack `export(version)`'s tar as checkpoint `version` (whole or not at all), unless
+        it is here already."""
+        final = self.path(version)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{final.name}-", dir=self.directory))
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+                tar.extractall(tmp, filter="data")  # no links or paths out of tmp
+            info = CheckpointInfo.read(tmp / CHECKPOINT_FILE)
+            if info.version != version:
+                raise SnapshotError(f"the archive of v{version} holds v{info.version}")
+            _fsync_tree(tmp)
+            with self._lock:
+                if not final.exists():
+                    os.rename(tmp, final)
+                    fsync_dir(self.directory)
+        except tarfile.TarError as exc:
+            raise SnapshotError(f"the archive of v{version} is unreadable ({exc})") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self.get(version)
+
+    def has(self, version: int) -> bool:
+        return (self.path(version) / CHECKPOINT_FILE).is_file()
+
     def list(self) -> list[CheckpointInfo]:
         """Readable checkpoints, newest first; unreadable ones are logged and left out."""
         out = []
@@ -253,6 +289,9 @@ class CheckpointStore:
 
 def _fsync_tree(directory: Path) -> None:
     for path in directory.iterdir():
+        if path.is_dir():
+            _fsync_tree(path)
+            continue
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)

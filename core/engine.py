@@ -23,7 +23,7 @@ from covisit.core import kernels_topk as kt
 from covisit.core.catalog import Catalog, CatalogItem, popularity_view
 from covisit.core.config import ModelConfig
 from covisit.core.errors import InvalidArgument, NotFound, Unavailable
-from covisit.core.eventlog import EventLog, MemoryEventLog
+from covisit.core.eventlog import EventLog, EventLogError, MemoryEventLog
 from covisit.core.events import Event, InvalidEvent, check_events, check_id
 from covisit.core.experiments import Experiments
 from covisit.core.feedback_stats import VersionFeedback, auto_rollback_reason
@@ -104,6 +104,7 @@ class Engine:
         self.rejected_by_field: dict[str, int] = {}  # events rejected, by the field at fault
         self._counters_lock = threading.Lock()
         self._rollback_lock = threading.Lock()
+        self.fleet = None  # a core.fleet.Fleet when replicas share the event log
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._counters_lock:
@@ -199,32 +200,56 @@ class Engine:
         """A full build from the exact counts; CANDIDATE until the gate scores it."""
         return self.version(self.learner.rebuild())
 
-    def rollback(self, version: int) -> tuple[int, int]:
-        """Serve a kept version again, pinned until resume_learning. Returns (new, old)."""
+    def rollback(self, version: int, reason: str = "rollback", share: bool = True) -> tuple[int, int]:
+        """Serve a kept version again, pinned until resume_learning. Returns (new, old).
+        `share`: in a fleet, every replica does the same (False: applying the fleet's state)."""
+        fleet = self.fleet if share else None
+        if fleet is not None:
+            fleet.fetch(version)  # another replica's version
         self.experiments.forget(version)
-        return self.learner.rollback(version)
+        result = self.learner.rollback(version, reason)
+        if fleet is not None:
+            fleet.share(pinned=version, reason=reason)
+        return result
 
-    def resume_learning(self) -> tuple[int, int]:
+    def resume_learning(self, share: bool = True) -> tuple[int, int]:
         """(serving version, events learned that waited during the pin)."""
         resumed = self.learner.resume()
         self.alerts.pop("auto_rollback", None)  # the operator has acted on it
+        if share and self.fleet is not None:
+            self.fleet.share(pinned=None, reason="")
         return resumed
 
     def promote(self, version: int) -> tuple[int, int]:
+        """Serve a kept version to everyone (see Learner.promote). In a fleet, a replica that
+        does not lead names it as the fleet's line, which the leader then promotes."""
+        if self.fleet is not None:
+            self.fleet.fetch(version)
+            if not self.learner.leading():
+                old = self.snapshot.version
+                self.fleet.share(line=version)
+                return version, old
         self.experiments.forget(version)
-        return self.learner.promote(version)
+        result = self.learner.promote(version)
+        if self.fleet is not None:  # a new line the others follow, or a pin (see Learner.promote)
+            pinned = self.learner.pinned
+            self.fleet.share(**({"pinned": pinned, "reason": "promoted"} if pinned is not None else {"line": version}))
+        return result
 
-    def start_shadow(self, version: int, sample_rate: float) -> None:
-        self.experiments.start_shadow(version, sample_rate)
+    def start_experiment(self, kind: str, version: int, fraction: float, share: bool = True) -> None:
+        """Start the A/B test ("ab": `fraction` of users) or shadow run ("shadow": of requests)."""
+        fleet = self.fleet if share else None
+        if fleet is not None:
+            fleet.fetch(version)
+        start = self.experiments.start_ab if kind == "ab" else self.experiments.start_shadow
+        start(version, fraction)
+        if fleet is not None:
+            fleet.share(**{kind: (version, fraction)})
 
-    def stop_shadow(self) -> None:
-        self.experiments.stop_shadow()
-
-    def start_ab(self, version: int, fraction: float) -> None:
-        self.experiments.start_ab(version, fraction)
-
-    def stop_ab(self) -> None:
-        self.experiments.stop_ab()
+    def stop_experiment(self, kind: str, share: bool = True) -> None:
+        (self.experiments.stop_ab if kind == "ab" else self.experiments.stop_shadow)()
+        if share and self.fleet is not None:
+            self.fleet.share(**{kind: None})
 
     def versions(self) -> list[VersionInfo]:
         return self.learner.versions(self.experiments.running())
@@ -259,8 +284,8 @@ class Engine:
             if self.cache_config.enabled:
                 self._cache.put(key, (self.clock(), items))
         items = self._explore(snap, items, context, exclude_items, allowed_items, categories)
-        request_id = uuid.uuid4().hex
         arm = "serving" if snap is serving else "ab"
+        request_id = f"{uuid.uuid4().hex}-{line_of(snap)}-{arm}"  # any replica of a fleet can read it
         self._shown.put(request_id, (line_of(snap), arm))
         self.monitor.responded(request_id, user_id, context, items, snap.version, arm)
         if snap is serving and self.experiments.shadowing:
@@ -351,10 +376,9 @@ class Engine:
             check_id("user_id", user_id)
         for i, item_id in enumerate(item_ids):
             check_id(f"item_ids[{i}]", item_id)
-        self.feedback.impression(request_id, line, len(item_ids))
+        self._feedback(request_id, line, impressions=len(item_ids))
         self.monitor.shown(request_id, line, arm, item_ids)
         self._count("impressions", len(item_ids))
-        self._watch_ctr()
         return len(item_ids)
 
     def record_click(self, request_id: str, user_id: str, item_id: str) -> None:
@@ -362,25 +386,41 @@ class Engine:
         if user_id:
             check_id("user_id", user_id)
         check_id("item_id", item_id)
-        self.feedback.click(request_id, line)
+        self._feedback(request_id, line, clicks=1)
         self.monitor.clicked(request_id, line, arm, item_id)
         self._count("clicks", 1)
-        self._watch_ctr()
+
+    def _feedback(self, request_id: str, line: int, impressions: int = 0, clicks: int = 0) -> None:
+        """Count feedback per line; a fleet's replicas publish it instead, and every replica
+        counts what the stream brings back (so the leader judges the whole fleet's CTR)."""
+        if self.fleet is not None:
+            self.fleet.publish_feedback(request_id, line, impressions, clicks)
+        else:
+            self.count_feedback(request_id, line, impressions, clicks)
+            self.watch_ctr()
+
+    def count_feedback(self, request_id: str, line: int, impressions: int, clicks: int) -> None:
+        if impressions:
+            self.feedback.impression(request_id, line, impressions)
+        for _ in range(clicks):
+            self.feedback.click(request_id, line)
 
     def _shown_line(self, request_id: str) -> tuple[int, str]:
         """(line, arm) of the response `request_id` names."""
         check_id("request_id", request_id)
         shown = self._shown.get(request_id)
+        if shown is None and self.fleet is not None:  # answered by another replica
+            shown = _line_and_arm(request_id)
         if shown is None:
             raise NotFound(f"request_id {request_id!r} is unknown (or too old)")
         return shown
 
-    def _watch_ctr(self) -> None:
+    def watch_ctr(self) -> None:
         """Auto-rollback when the serving line's window CTR falls well below the previous
         line's; a full rebuild when it falls below the floor."""
         cfg, learner = self.learning, self.learner
         serving = learner.serving
-        if serving is None or learner.pinned is not None:
+        if serving is None or learner.pinned is not None or not learner.leading():  # the leader decides
             return
         line, previous = line_of(serving), learner.previous_line
         current = self.feedback.stats(line).window
@@ -400,7 +440,9 @@ class Engine:
 
     def _auto_rollback(self, version: int, reason: str) -> None:
         try:
-            self.learner.rollback(version, reason=f"auto-rollback: {reason}")
+            self.rollback(version, reason=f"auto-rollback: {reason}")
+        except EventLogError as exc:  # pinned here; the fleet hears of it at the next pin
+            log.error("auto-rollback to v%d: the other replicas could not be told (%s)", version, exc)
         except NotFound:
             log.error("auto-rollback to v%d impossible (no longer kept): %s", version, reason)
             self.alerts["auto_rollback"] = (f"wanted to roll back to v{version}, which is no longer "
@@ -423,7 +465,9 @@ class Engine:
                 "events_pending": learner.pending(), "log_events": self.event_log.durable_offset,
                 "alerts": self.status_alerts(),
                 "ab_test": self.experiments.describe("ab"), "shadow": self.experiments.describe("shadow"),
-                "feedback": self.version_feedback()}
+                "feedback": self.version_feedback(),
+                "model_line": line_of(snap),
+                "replica": self.fleet.name if self.fleet else "", "leader": self.fleet.leader if self.fleet else ""}
 
     def status_alerts(self) -> list[tuple[str, str, float]]:
         """(kind, reason, raised at) of each alert raised and not cleared."""
@@ -481,3 +525,11 @@ class Engine:
             check_id(f"item_ids[{i}]", item_id)
         return self.catalog.delete(item_ids)
 
+
+def _line_and_arm(request_id: str) -> tuple[int, str] | None:
+    """(line, arm) from a request id `recommend` made, else None."""
+    token, _, rest = request_id.partition("-")
+    line, _, arm = rest.partition("-")
+    if len(token) == 32 and line.isdigit() and arm in ("serving", "ab"):
+        return int(line), arm
+    return None

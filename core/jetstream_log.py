@@ -84,13 +84,24 @@ _RETRY_PAUSE = 0.1  # between attempts while the cluster elects a leader or reco
 _SLOWEST_EVENTS_PER_SECOND = 1_000
 
 
-class _Transient(Exception):
+class Transient(Exception):
     """A failure a leader election or a reconnect causes, which a retry soon gets past."""
 
 
 _TRANSIENT_NATS_ERRORS = (asyncio.TimeoutError, nats.errors.NoRespondersError,
                           nats.errors.ConnectionReconnectingError,
                           nats.errors.OutboundBufferLimitError, ServiceUnavailableError)
+
+
+async def retrying(attempt, deadline: float):
+    """`await attempt()`, again after transient failures until `deadline` (time.monotonic)."""
+    while True:
+        try:
+            return await attempt()
+        except (Transient, *_TRANSIENT_NATS_ERRORS) as exc:
+            if time.monotonic() + _RETRY_PAUSE >= deadline:
+                raise Transient(repr(exc)) from exc
+            await asyncio.sleep(_RETRY_PAUSE)
 
 
 class JetStreamEventLog:
@@ -124,7 +135,7 @@ class JetStreamEventLog:
             self._loop.run(self._open(time.monotonic() + timeout), timeout + 1)
         except BaseException as exc:
             self._loop.close()
-            if isinstance(exc, (_Transient, TimeoutError, nats.errors.Error)):
+            if isinstance(exc, (Transient, TimeoutError, nats.errors.Error)):
                 raise EventLogError(f"cannot open JetStream stream {stream} at {self.servers}:"
                                     f" {exc!r}") from exc
             raise
@@ -220,7 +231,7 @@ class JetStreamEventLog:
         """Run `coro` on the loop; a deadline it missed or a lasting failure is an EventLogError."""
         try:
             return self._loop.run(coro, seconds + 1)  # the coroutine keeps its own deadline
-        except (_Transient, TimeoutError) as exc:
+        except (Transient, TimeoutError) as exc:
             raise EventLogError(f"JetStream stream {self.stream} did not {what} within"
                                 f" {seconds:.0f} s: {exc}") from exc
         except nats.errors.Error as exc:
@@ -247,7 +258,7 @@ class JetStreamEventLog:
         self._ack_tokens = 0
         self._send_lock = asyncio.Lock()  # one append's messages go out back to back
         await self._nc.subscribe(self._ack_prefix + ".*", cb=self._on_ack)
-        await self._retrying(self._ensure_stream, deadline)
+        await retrying(self._ensure_stream, deadline)
 
     async def _ensure_stream(self) -> None:
         try:
@@ -272,19 +283,9 @@ class JetStreamEventLog:
             log.warning("JetStream stream %s has %s replicas, not the %d asked: keeping the"
                         " stream's", self.stream, config.num_replicas, self.replicas)
 
-    async def _retrying(self, attempt, deadline: float):
-        """`attempt()`, again after transient failures until `deadline`."""
-        while True:
-            try:
-                return await attempt()
-            except (_Transient, *_TRANSIENT_NATS_ERRORS) as exc:
-                if time.monotonic() + _RETRY_PAUSE >= deadline:
-                    raise _Transient(repr(exc)) from exc
-                await asyncio.sleep(_RETRY_PAUSE)
-
     async def _stream_offsets(self, deadline: float) -> tuple[int, int]:
         """(start_offset, durable_offset) as the stream leader reports them."""
-        info = await self._retrying(lambda: self._jsm.stream_info(self.stream), deadline)
+        info = await retrying(lambda: self._jsm.stream_info(self.stream), deadline)
         state = info.state
         # An empty new stream reports first_seq 0; a purged one first_seq = last_seq + 1.
         return max(state.first_seq - 1, 0), state.last_seq
@@ -318,7 +319,7 @@ class JetStreamEventLog:
                     sequences[i] = self._acked_sequence(reply, None if expect_offset is None else expect_offset + i)
             if None in sequences:
                 if time.monotonic() + _RETRY_PAUSE >= deadline:
-                    raise _Transient(f"{sequences.count(None)} of {len(records)} events"
+                    raise Transient(f"{sequences.count(None)} of {len(records)} events"
                                      " not acknowledged")
                 await asyncio.sleep(_RETRY_PAUSE)
 
@@ -389,7 +390,7 @@ class JetStreamEventLog:
         """The events [offset, stop), which the leader reported as stored."""
         out: list[tuple[int, Event]] = []
         while offset < stop:
-            got = await self._retrying(lambda: self._direct_get(offset + 1, stop - offset),
+            got = await retrying(lambda: self._direct_get(offset + 1, stop - offset),
                                        deadline)
             for sequence, data in got:
                 if sequence > stop:
@@ -400,7 +401,7 @@ class JetStreamEventLog:
                 offset += 1
             if not got:  # a replica behind the leader answered: ask again
                 if time.monotonic() + _RETRY_PAUSE >= deadline:
-                    raise _Transient(f"no replica served offset {offset} (of {stop})")
+                    raise Transient(f"no replica served offset {offset} (of {stop})")
                 await asyncio.sleep(_RETRY_PAUSE)
         return out
 
@@ -433,14 +434,14 @@ class JetStreamEventLog:
                 before = len(got)
                 await asyncio.wait([ended], timeout=_REPLY_WAIT)
                 if not ended.done() and len(got) == before:
-                    raise _Transient(f"the direct get from sequence {first_sequence} stalled")
+                    raise Transient(f"the direct get from sequence {first_sequence} stalled")
         finally:
             await sub.unsubscribe()
         status, headers = ended.result()
         if status in (_END_OF_BATCH, _NOT_FOUND):
             return got
         if status == _NO_RESPONDERS:
-            raise _Transient("no replica answered the direct get")
+            raise Transient("no replica answered the direct get")
         raise EventLogError(f"direct get from {self.stream} failed: {headers}")
 
     # purging
@@ -451,7 +452,7 @@ class JetStreamEventLog:
         if keep_from <= start:
             return 0
         # purge up to (not including) a sequence keeps the sequence numbers, so offsets stay
-        await self._retrying(lambda: self._jsm.purge_stream(self.stream, seq=keep_from + 1),
+        await retrying(lambda: self._jsm.purge_stream(self.stream, seq=keep_from + 1),
                              deadline)
         new_start, _ = await self._stream_offsets(deadline)
         return new_start - start

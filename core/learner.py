@@ -127,6 +127,16 @@ class Learner:
         self.on_serving = lambda: None  # called once the first snapshot serves
         self.on_build = lambda kind, seconds: None  # each snapshot built ("full" or "incremental")
         self.on_swap = lambda seconds: None  # each incremental publish: built to serving (lock wait included)
+        # In a fleet (core.fleet) only the leader runs full builds of its own accord, gates and
+        # checkpoints; the others follow its lines. Alone, a learner leads.
+        self.leading = lambda: True
+        self.leader_name = lambda: ""
+        self.on_line = lambda version: None  # under _lock: a new line serves
+        self.on_checkpoint = lambda version: None  # a checkpoint was saved
+        self.reserve_versions = None  # (count) -> first of that many version numbers, fleet-wide
+        self.serve_early = True  # on_serving as soon as a checkpoint serves, before the replay
+        self._announced = False
+        self._follow: int | None = None  # the leader's line to re-prune into, at the next step
 
     # ---- running ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -212,7 +222,7 @@ class Learner:
                         return True
                     self._wake.wait(rest)  # a burst of writes: coalesce into fewer publishes
                     continue
-                if time.monotonic() - self._last_full >= cfg.full_rebuild_seconds:
+                if time.monotonic() - self._last_full >= cfg.full_rebuild_seconds and self.leading():
                     self._rebuild_reason = "periodic"
                     return True
                 if pending:
@@ -226,16 +236,29 @@ class Learner:
         return False
 
     # ---- starting ----------------------------------------------------------------------------
+    def _patiently(self, call):
+        """call(), again every LOG_RETRY_SECONDS while a shared log is out of reach (at start,
+        there is no model to keep serving meanwhile, but one will come)."""
+        while True:
+            try:
+                return call()
+            except EventLogError as exc:
+                log.warning("the event log is out of reach (%s); trying again in %.0f s", exc, LOG_RETRY_SECONDS)
+                with self._lock:
+                    if self._stop:
+                        raise
+                    self._wake.wait(LOG_RETRY_SECONDS)
+
     def _load(self) -> None:
         """Newest good checkpoint (serving at once), then the log after its watermark."""
         state = self._read_state()
+        end = self._patiently(lambda: self.event_log.durable_offset)
         on_disk = max((c.version for c in self.checkpoints.list()), default=0) if self.checkpoints else 0
         self._reserved = max(state.get("reserved_versions", 0), on_disk)  # e.g. checkpoints restored
         self._next_version = self._reserved + 1
         # a checkpoint past the log's end counted events a damaged tail took: an older one (or
         # the whole log) keeps the model equal to what the log holds
-        found = (self.checkpoints.newest_loadable(self.model_config, max_watermark=self.event_log.durable_offset)
-                 if self.checkpoints else None)
+        found = self.checkpoints.newest_loadable(self.model_config, max_watermark=end) if self.checkpoints else None
         if found is not None:
             info, snap, model = found
             model.threads = 1
@@ -247,7 +270,7 @@ class Learner:
                 self._set_serving(snap)
             log.info("serving checkpoint v%d (log offset %d); replaying the log after it",
                      snap.version, self._applied)
-        elif self.event_log.start_offset > 0:
+        elif self._patiently(lambda: self.event_log.start_offset) > 0:
             raise FailedPrecondition("the event log's first events were deleted and no checkpoint"
                                      " covers them; restore the checkpoints directory")
         pinned = state.get("pinned")
@@ -259,12 +282,17 @@ class Learner:
             log.warning("model pinned to v%d by an earlier rollback; ResumeLearning to learn again", pinned)
         with self._lock:
             self.state = "replaying"
-        while self._applied < self.event_log.durable_offset:
-            self._apply(self.event_log.read(self._applied, READ_BATCH), score=False)
+        while self._applied < self._patiently(lambda: self.event_log.durable_offset):
+            self._apply(self._patiently(lambda: self.event_log.read(self._applied, READ_BATCH)), score=False)
         with self._lock:
             self.state = "pinned" if self.pinned is not None else "learning"
         if self.pinned is None and (self.serving is None or log_offset(self.serving) != self._applied):
-            self._full_build("start", gate=False)
+            if self.serving is not None and not self.leading() and self._model.can_rebase(self.serving):
+                self._publish_incremental()  # a follower stays on the fleet's line
+            else:
+                self._full_build("start", gate=False)
+        with self._lock:
+            self._announce()
 
     # ---- the learner's step ------------------------------------------------------------------
     def _step(self) -> None:
@@ -272,6 +300,7 @@ class Learner:
         with self._lock:  # the requests this step answers: later ones wait for the next step
             resume, self._resume_requested = self._resume_requested, False
             reason, self._rebuild_reason = self._rebuild_reason, None
+            follow, self._follow = self._follow, None
             waiters, self._rebuild_done = self._rebuild_done, []
             pinned = self.pinned is not None
         built = None
@@ -286,6 +315,8 @@ class Learner:
                 self._apply(events, score=True)
             if resume:  # the operator's call: the full build serves at once
                 built = self._full_build("resume", gate=False)
+            elif follow is not None:  # counts equal the leader's: a full prune is its line now
+                built = self._full_build(f"following the leader's line v{follow}", gate=False, line=follow)
             else:
                 if events:  # serves now, whatever a full build below becomes
                     self._publish_incremental()
@@ -320,6 +351,9 @@ class Learner:
             v = self._next_version
             self._next_version += 1
             if v > self._reserved:
+                if self.reserve_versions is not None:  # unique in the fleet, not just here
+                    v = self.reserve_versions(VERSION_BLOCK)
+                    self._next_version = v + 1
                 self._reserved = v + VERSION_BLOCK - 1
                 self._write_state()
             return v
@@ -352,11 +386,12 @@ class Learner:
                 self._start_line(snap)
         self.on_swap(time.perf_counter() - started)
 
-    def _full_build(self, reason: str, gate: bool) -> int:
+    def _full_build(self, reason: str, gate: bool, line: int | None = None) -> int:
         """Re-prune everything from the exact counts into a checkpoint; it serves at once when
-        nothing else does (or the gate is off), else it waits for the gate as the candidate."""
+        nothing else does (or the gate is off), else it waits for the gate as the candidate.
+        `line`: the line the build joins (another replica's), else it heads its own."""
         started = time.perf_counter()
-        snap = self._snapshot(None)
+        snap = self._snapshot(None, line=line)
         snap.meta.update(reason=reason)
         self._last_full = time.monotonic()
         gate = gate and self.learning.gate_enabled and self.serving is not None
@@ -398,12 +433,15 @@ class Learner:
         """Under _lock: `snap` serves; when it starts a new line, the old one becomes the
         previous line (auto-rollback's comparison and target)."""
         old = self.serving
-        if old is not None and line_of(old) != line_of(snap):
+        new_line = old is None or line_of(old) != line_of(snap)
+        if old is not None and new_line:
             self.previous_line = line_of(old)
             self._set_state(self.previous_line, AVAILABLE)
         self._set_serving(snap)  # later incremental snapshots build on it
+        if new_line:
+            self.on_line(line_of(snap))
         # line heads still needed in memory; older ones are checkpoints, loaded again if asked for
-        needed = {line_of(snap), self.previous_line, self.pinned,
+        needed = {snap.version, line_of(snap), self.previous_line, self.pinned,
                   self._candidate[0].version if self._candidate else None}
         for version in [v for v in self._lines if v not in needed]:
             del self._lines[version]
@@ -421,9 +459,15 @@ class Learner:
                 gone, dropped = self._recent.popitem(last=False)
                 self._record(gone, RETIRED, "older than the last %d versions" % KEPT_VERSIONS, dropped)
         self._wake.notify_all()
-        if old is None:
-            self.on_serving()
+        if old is None and self.serve_early:
+            self._announce()
         log.debug("serving v%d (was v%s)", snap.version, old.version if old else "-")
+
+    def _announce(self) -> None:
+        """Under _lock: call on_serving once a snapshot serves."""
+        if not self._announced and self.serving is not None:
+            self._announced = True
+            self.on_serving()
 
     def _record(self, version: int, state: str, reason: str, snap: Snapshot | None = None) -> None:
         info = self._info(snap, state, reason) if snap is not None else None
@@ -452,10 +496,11 @@ class Learner:
         self._set_state(snap.version, RETIRED, reason)
 
     def _checkpoint(self, snap: Snapshot, state: str, reason: str = "") -> None:
-        if self.checkpoints is None:
+        if self.checkpoints is None or not self.leading():  # a follower starts from the leader's
             return
         started = time.perf_counter()
         self._save(snap, self._model, self._applied, state, reason)
+        self.on_checkpoint(snap.version)
         with self._lock:
             protect = {v for v in (self.pinned, self.previous_line,
                                    line_of(self.serving) if self.serving else None) if v is not None}
@@ -569,6 +614,9 @@ class Learner:
         def ask() -> None:
             if self.pinned is not None:
                 raise FailedPrecondition(f"the model is pinned to v{self.pinned}; ResumeLearning first")
+            if not self.leading():
+                raise FailedPrecondition(f"only the fleet's leader builds models; ask the leader "
+                                         f"({self.leader_name() or 'being elected'})")
             self._rebuild_reason = reason
         version = self._next_step(ask, timeout, "the rebuild")
         if version is None:
@@ -592,6 +640,20 @@ class Learner:
         except FutureTimeout:
             raise FailedPrecondition(f"{what} did not finish within {timeout:.0f}s") from None
 
+    def follow_line(self, line: int, timeout: float = 300.0) -> int | None:
+        """Serve a full prune of this learner's counts as part of another replica's `line`
+        (the counts are equal); the version built, None if a pin came first."""
+        def ask() -> None:
+            self._follow = line
+        return self._next_step(ask, timeout, f"following line v{line}")
+
+    def ensure_checkpoint(self, version: int) -> None:
+        """Save a kept version as a (snapshot-only) checkpoint unless it is one already."""
+        with self._lock:
+            if self.checkpoints is not None and not self.checkpoints.has(version):
+                snap = self._find(version)
+                self._save(snap, None, log_offset(snap), AVAILABLE)
+
     def propose(self, snap: Snapshot) -> int:
         """Gate a snapshot made elsewhere (e.g. an offline build with other settings) as a
         candidate under a new version number; it serves only if the gate passes it."""
@@ -614,7 +676,7 @@ class Learner:
     def request_rebuild(self, reason: str) -> None:
         """A full build soon, without waiting for it (e.g. the CTR floor)."""
         with self._lock:
-            if self.pinned is None and self._rebuild_reason is None:
+            if self.pinned is None and self._rebuild_reason is None and self.leading():
                 self._rebuild_reason = reason
                 self._wake.notify_all()
 

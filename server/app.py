@@ -8,7 +8,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
+import time
+import uuid
 from concurrent import futures
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from covisit.v1 import admin_pb2, admin_pb2_grpc, feedback_pb2, feedback_pb2_grp
 from covisit.v1 import recommend_pb2, recommend_pb2_grpc
 
 log = logging.getLogger(__name__)
+LOAD_RETRY_SECONDS = 1.0
 SEED_BATCH = 10_000  # events per append while seeding the log (one fsync each)
 CATALOG_PRESETS = {"online-retail": catalog_from_online_retail, "diginetica": catalog_from_diginetica}
 SERVICES = [
@@ -99,8 +103,12 @@ def seed_log(config: Config, event_log) -> None:
 
 def load_model(config: Config, engine: Engine, on_serving=lambda: None) -> None:
     """Seed the log on the first start, then start learning: the newest checkpoint serves at
-    once (on_serving is called then), the log after it is replayed in the background."""
+    once (on_serving is called then), the log after it is replayed in the background. In a
+    fleet, the checkpoints the fleet names come first, and on_serving waits for the replay."""
     seed_log(config, engine.event_log)
+    if engine.fleet is not None:
+        engine.fleet.bootstrap()
+        engine.fleet.start()  # before learning: the leader's first build is a checkpoint
     engine.start(on_serving)
     s = config.server
     preset_catalog = CATALOG_PRESETS.get(s.preset)
@@ -121,6 +129,22 @@ def open_event_log(s, learning) -> EventLog:
     return JetStreamEventLog(s.event_log.split(","), stream=s.event_log_stream,
                              subject=f"covisit.{s.event_log_stream}", replicas=s.event_log_replicas,
                              client_name=f"covisit-{s.host}:{s.port}")
+
+
+def join_fleet(s, engine: Engine) -> None:
+    """Make the engine a replica of the fleet on s.event_log's stream (see core.fleet)."""
+    from covisit.core.fleet import Fleet
+    from covisit.core.fleet_store import FleetStore
+    name = s.replica_name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    store = FleetStore(s.event_log.split(","), stream=s.event_log_stream, name=name,
+                       replicas=s.event_log_replicas)
+    engine.fleet = Fleet(store, engine, keep=engine.learning.checkpoints_kept)
+
+
+def _release(engine: Engine) -> None:
+    if engine.fleet is not None:
+        engine.fleet.close()
+    engine.event_log.close()
 
 
 def _credentials(s) -> grpc.ServerCredentials | None:
@@ -145,6 +169,8 @@ class CovisitServer:
         self._server.stop(grace).wait()
         self._watcher.stop()
         self.metrics.stop()
+        if self.engine.fleet is not None:
+            self.engine.fleet.close()  # gives up the lease first: another replica leads at once
         self.engine.close()
         self.engine.event_log.close()
         done = threading.Event()
@@ -172,6 +198,8 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
         engine = Engine(config.model, limits=config.limits, cache=config.cache, history=config.history,
                         exploration=config.exploration, learning=learning, catalog=catalog,
                         log=event_log, data_dir=s.data_dir, monitor=Monitor.from_settings(config.monitor, s.data_dir))
+        if s.event_log:
+            join_fleet(s, engine)
     latencies = Latencies()
     monitor, cache_on = config.monitor, config.cache.enabled
     metrics = ServerMetrics(engine, latencies, monitor, cache_on)
@@ -197,7 +225,7 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
     except RuntimeError:  # grpcio's word for a port it cannot bind
         port = 0
     if port == 0:
-        engine.event_log.close()  # free the log's lock for the next attempt
+        _release(engine)  # free the log's lock for the next attempt
         raise OSError(f"cannot bind {address}")
     metrics_port = None
     if monitor.metrics_enabled:
@@ -205,7 +233,7 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
             metrics_port = metrics.serve(monitor.metrics_host, monitor.metrics_port)
         except OSError as exc:
             server.stop(None)  # release the gRPC port too
-            engine.event_log.close()
+            _release(engine)
             raise OSError(f"cannot bind the metrics endpoint {monitor.metrics_host}:{monitor.metrics_port} "
                           f"({exc.strerror or exc}); set monitor.metrics_port, or monitor.metrics_enabled "
                           f"= false") from exc
@@ -220,10 +248,16 @@ def create_server(config: Config, engine: Engine | None = None, load: bool = Tru
     watcher.start()
     if load and not engine.ready:
         def loader() -> None:
-            try:
-                load_model(config, engine, lambda: set_health(health_pb2.HealthCheckResponse.SERVING))
-            except Exception:
-                log.exception("loading the model failed; the server stays NOT_SERVING")
+            while True:
+                try:
+                    load_model(config, engine, lambda: set_health(health_pb2.HealthCheckResponse.SERVING))
+                    return
+                except EventLogError as exc:  # a shared log out of reach: loading waits for it
+                    log.warning("the event log is out of reach (%s); loading again in %.0f s", exc, LOAD_RETRY_SECONDS)
+                    time.sleep(LOAD_RETRY_SECONDS)
+                except Exception:
+                    log.exception("loading the model failed; the server stays NOT_SERVING")
+                    return
         threading.Thread(target=loader, name="covisit-load", daemon=True).start()
     log.info("covisit serving on %s (%s)%s", f"{s.host}:{port}", "TLS" if credentials else "plaintext",
              f"; metrics on http://{monitor.metrics_host}:{metrics_port}/metrics" if metrics_port else "")

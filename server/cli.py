@@ -270,6 +270,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
              "server.insecure_admin": True if args.insecure_admin else None,
              "server.reuse_port": True if args.reuse_port else None,
              "server.event_log": args.event_log, "server.event_log_replicas": args.event_log_replicas,
+             "server.replica_name": args.replica_name,
              "monitor.metrics_port": args.metrics_port, "monitor.metrics_enabled": False if args.no_metrics else None}
     config = load_config(args.config, os.environ, {k: v for k, v in flags.items() if v is not None})
     serve(config)
@@ -363,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event-log", metavar="nats://HOST:PORT[,...]",
                    help="share a JetStream stream with other replicas instead of the local log (the nats extra)")
     p.add_argument("--event-log-replicas", type=int, metavar="N", help="copies of the JetStream stream (default 1)")
+    p.add_argument("--replica-name", metavar="NAME",
+                   help="this replica's name in the fleet (default: host name and process id)")
     p.add_argument("--reuse-port", action="store_true",
                    help="let other replicas bind the same port (SO_REUSEPORT; the kernel spreads connections)")
     p.add_argument("--metrics-port", type=int, help="Prometheus metrics port (default 9464; 0 picks a free one)")

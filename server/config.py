@@ -93,6 +93,9 @@ class ServerConfig(_Section):
     # The JetStream stream's name and its copies (3 in a 3-node cluster: a node may die).
     event_log_stream: str = "COVISIT_EVENTS"
     event_log_replicas: int = 1
+    # This replica's name in the fleet sharing the stream ("": the host's name and the process
+    # id); the leader lease and the fleet state name replicas by it, so it must be unique.
+    replica_name: str = ""
 
     def _checks(self) -> list[tuple[str, bool, str]]:
         return [
@@ -112,6 +115,7 @@ class ServerConfig(_Section):
             ("event_log_stream", isinstance(self.event_log_stream, str) and self.event_log_stream.isidentifier(),
              "a stream name (letters, digits, _)"),
             ("event_log_replicas", _int(self.event_log_replicas, 1, 5), "an integer in 1..5"),
+            ("replica_name", isinstance(self.replica_name, str), "a string"),
             ("max_message_bytes", _int(self.max_message_bytes, 1024, 2**31 - 1),
              "an integer in 1024..2147483647"),
             ("grace_seconds", _num(self.grace_seconds) and self.grace_seconds >= 0, "seconds >= 0"),

@@ -143,7 +143,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if request.counts_digest:
             status["counts_digest"] = self.engine.learner.digest()
         pinned = status["pinned_version"]
-        status = status | {"model_version": str(status["model_version"]),
+        status = status | {"model_version": str(status["model_version"]), "model_line": str(status["model_line"]),
                            "pinned_version": "" if pinned is None else str(pinned),
                            "alerts": [admin_pb2.Alert(kind=kind, reason=reason, raised_at=raised_at)
                                       for kind, reason, raised_at in status["alerts"]],
@@ -179,19 +179,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.PromoteModelResponse(serving_version=str(new), previous_version=str(old))
 
     def StartShadow(self, request, context):
-        self.engine.start_shadow(_version_number(request.version), request.sample_rate or DEFAULT_SAMPLE_RATE)
+        self.engine.start_experiment("shadow", _version_number(request.version),
+                                     request.sample_rate or DEFAULT_SAMPLE_RATE)
         return admin_pb2.StartShadowResponse()
 
     def StopShadow(self, request, context):
-        self.engine.stop_shadow()
+        self.engine.stop_experiment("shadow")
         return admin_pb2.StopShadowResponse()
 
     def StartABTest(self, request, context):
-        self.engine.start_ab(_version_number(request.version), request.fraction or DEFAULT_FRACTION)
+        self.engine.start_experiment("ab", _version_number(request.version), request.fraction or DEFAULT_FRACTION)
         return admin_pb2.StartABTestResponse()
 
     def StopABTest(self, request, context):
-        self.engine.stop_ab()
+        self.engine.stop_experiment("ab")
         return admin_pb2.StopABTestResponse()
 
     def GetMetrics(self, request, context):

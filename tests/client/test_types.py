@@ -114,11 +114,12 @@ def test_admin_responses_convert_every_field():
                                                                  raised_at=1.5)],
         ab_test=admin_pb2.Experiment(version="v1", fraction=0.25, started_at=2.5), feedback=[feedback],
         counts_digest="ab12", slos=[admin_pb2.SloCheck(name="latency_p95_ms", value=1.5, target=50.0, ok=True,
-                                                       description="p95")])
+                                                       description="p95")], replica="r1", leader="r2", model_line="v1")
     assert Status.from_proto(status) == Status(
         "v2", 1, 2, 3, 4.5, 6.5, {"k": "10", "decay": "0.5"}, 7, 8, "v2", "pinned", 9, 12,
         (Alert("auto_rollback", "ctr fell", 1.5),), Experiment("v1", 0.25, 2.5), None,
-        (VersionFeedback("v1", 10, 2, 0.2, 5, 1, 0.2),), "ab12", (SloCheck("latency_p95_ms", 1.5, 50.0, True, "p95"),))
+        (VersionFeedback("v1", 10, 2, 0.2, 5, 1, 0.2),), "ab12", (SloCheck("latency_p95_ms", 1.5, 50.0, True, "p95"),),
+        "r1", "r2", "v1")
     version = admin_pb2.ModelVersion(version="v2", parent_version="v1", state=STATE.Value("REJECTED"),
                                      reason="recall fell", created_at=1.5, event_watermark=9, items=10,
                                      links=11, metrics={"recall@10": 0.25})

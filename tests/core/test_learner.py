@@ -79,6 +79,29 @@ def test_a_few_events_serve_within_max_delay(engines):
     assert engine.snapshot.meta["kind"] == "incremental"
 
 
+def test_a_log_out_of_reach_at_start_delays_learning_without_stopping_it(tmp_path, engines, monkeypatch):
+    first = engines(tmp_path)
+    first.load(walks(20))
+    first.record_events(walks(5, "abce", start=20))  # replayed after the checkpoint
+    assert first.flush()
+    first.close()
+    first.event_log.close()
+    again = engines(tmp_path)
+    read, failures = again.event_log.read, []
+
+    def unreachable(*args, **kwargs):
+        if len(failures) < 2 and again.learner.started:  # the engine's own read of history passes
+            failures.append(time.monotonic())
+            raise EventLogError("the stream did not serve the read within 10 s")
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(again.event_log, "read", unreachable)
+    again.start()
+    assert again.flush(timeout=10), again.learner.error
+    assert len(failures) == 2 and again.learner.state == "learning"
+    assert counts(again) == batch_counts(walks(20) + walks(5, "abce", start=20))
+
+
 def test_a_log_out_of_reach_pauses_learning_and_serving_goes_on(engines, monkeypatch):
     """A shared log can be unreachable for a while (a NATS outage): the learner keeps the
     model serving, tries again, and learns what was logged once the log answers."""
@@ -233,10 +256,10 @@ def test_ab_arm_serves_its_share_and_gets_its_clicks(tmp_path, engines):
     arm = engine.snapshot.version
     engine.rebuild()
     with pytest.raises(InvalidArgument, match="fraction"):
-        engine.start_ab(arm, 1.5)
+        engine.start_experiment("ab", arm, 1.5)
     with pytest.raises(NotFound):
-        engine.start_ab(10**9, 0.5)
-    engine.start_ab(arm, 0.5)
+        engine.start_experiment("ab", 10**9, 0.5)
+    engine.start_experiment("ab", arm, 0.5)
     assert engine.version(arm).state == "SHADOW"
     users = [f"user{i}" for i in range(200)]
     served = {u: engine.recommend(user_id=u, context_items=["a"]) for u in users}
@@ -250,7 +273,7 @@ def test_ab_arm_serves_its_share_and_gets_its_clicks(tmp_path, engines):
     feedback = {f["version"]: f for f in engine.status()["feedback"]}
     assert feedback[arm]["impressions"] == feedback[arm]["clicks"] == n_arm
     assert feedback[line_of_serving(engine)]["clicks"] == 0
-    engine.stop_ab()
+    engine.stop_experiment("ab")
     assert engine.status()["ab_test"] is None
 
 
@@ -259,7 +282,7 @@ def test_shadow_scores_off_the_response_path(tmp_path, engines):
     engine.load(walks(20))
     old = engine.snapshot.version
     engine.rebuild()
-    engine.start_shadow(old, 1.0)
+    engine.start_experiment("shadow", old, 1.0)
     for i in range(50):
         engine.recommend(context_items=["a"], k=3)
     deadline = time.monotonic() + 5
@@ -268,7 +291,7 @@ def test_shadow_scores_off_the_response_path(tmp_path, engines):
         time.sleep(0.01)
     assert stats["version"] == old and stats["requests"] > 0
     assert stats["mean_overlap"] == pytest.approx(1.0)  # same counts, same answers
-    engine.stop_shadow()
+    engine.stop_experiment("shadow")
     assert engine.metrics()["shadow"] is None
 
 
@@ -339,3 +362,44 @@ def test_the_learner_thread_runs_at_idle_priority(engines):
     engine.load(walks(5))
     assert os.sched_getscheduler(engine.learner._thread.native_id) == os.SCHED_IDLE
     assert os.sched_getscheduler(0) != os.SCHED_IDLE  # only the learner: request threads keep theirs
+
+
+def as_follower(engine, leader="r1"):
+    """Make the engine's learner a fleet follower (core.fleet sets the same hooks)."""
+    learner = engine.learner
+    learner.leading, learner.leader_name, learner.serve_early = (lambda: False), (lambda: leader), False
+    return learner
+
+
+def test_a_follower_serves_only_once_caught_up_and_stays_on_the_fleets_line(tmp_path, engines):
+    first = engines(tmp_path)
+    first.load(walks(30))
+    line = first.learner.checkpoints.list()[0].version
+    first.record_events(walks(20, "abce", start=30))  # the tail after the checkpoint
+    assert first.flush()
+    first.close()
+    first.event_log.close()
+
+    again = engines(tmp_path)
+    learner = as_follower(again)
+    pending_when_serving = []
+    again.start(on_serving=lambda: pending_when_serving.append(learner.pending()))
+    assert again.flush()
+    assert pending_when_serving == [0]  # not at the checkpoint, before the replay
+    assert line_of_serving(again) == line and again.snapshot.meta["kind"] == "incremental"
+    assert counts(again) == batch_counts(walks(30) + walks(20, "abce", start=30))
+
+
+def test_a_follower_builds_only_the_leaders_lines_and_saves_no_checkpoints(tmp_path, engines):
+    engine = engines(tmp_path)
+    engine.load(walks(30))
+    saved = len(engine.learner.checkpoints.list())
+    learner = as_follower(engine, leader="r7")
+    with pytest.raises(FailedPrecondition, match="r7"):
+        engine.rebuild()
+    built = learner.follow_line(12345)
+    assert engine.snapshot.version == built and line_of_serving(engine) == 12345
+    assert engine.snapshot.meta["kind"] == "full"
+    engine.record_events(walks(5, "xy", start=30))
+    assert engine.flush() and line_of_serving(engine) == 12345  # incremental publishes stay on it
+    assert len(learner.checkpoints.list()) == saved

@@ -7,7 +7,10 @@ Like ``start`` in test_grpc.py, but the directory is given (so module-scoped fix
 from __future__ import annotations
 
 import csv
+import os
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -121,3 +124,20 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
         text = response.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def launch_replica(directory: Path, port: int, urls: list[str], stream: str, name: str = "",
+                   settings: dict[str, str] | None = None) -> subprocess.Popen:
+    """`covisit serve` as a replica process on the shared JetStream stream (R3) at `urls`,
+    logging to directory/serve.log. `settings`: more COVISIT_* environment variables."""
+    directory.mkdir(parents=True, exist_ok=True)
+    events = directory / "events.csv"
+    write_events(events)
+    env = {**os.environ, "COVISIT_ADMIN_TOKEN": TOKEN, "COVISIT_EXPLORATION_RATE": "0",
+           "COVISIT_SERVER_EVENT_LOG_STREAM": stream, **(settings or {})}
+    with open(directory / "serve.log", "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "covisit.server.cli", "-q", "serve", "--port", str(port), "--preset", "",
+             "--data", str(events), "--data-dir", str(directory / "data"), "--no-metrics",
+             "--event-log", ",".join(urls), "--event-log-replicas", "3", *(["--replica-name", name] if name else [])],
+            env=env, stdout=out, stderr=subprocess.STDOUT)

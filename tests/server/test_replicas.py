@@ -5,12 +5,8 @@ counts, equal to a batch build of the stream."""
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest
@@ -20,7 +16,7 @@ from covisit.core.config import ModelConfig
 from covisit.core.jetstream_log import JetStreamEventLog
 from covisit.core.model import CoVisitModel
 from loadtest.nats_cluster import NatsCluster
-from tests.server.serving import NOW, TOKEN, free_port, start, wait_serving, write_events
+from tests.server.serving import NOW, TOKEN, free_port, launch_replica, start, wait_serving, write_events
 
 _streams = (f"REPLICAS_{n}" for n in itertools.count())
 DEADLINE = 30.0
@@ -42,7 +38,7 @@ def replicas(cluster, tmp_path):
 
     def run(name: str) -> None:
         try:
-            started[name] = start(tmp_path / name, **shared)
+            started[name] = start(tmp_path / name, **shared, **{"server.replica_name": name})
         except BaseException as exc:  # noqa: BLE001 - re-raised by the test's thread
             errors.append(exc)
 
@@ -89,25 +85,10 @@ def test_an_event_taken_by_one_replica_is_served_by_the_other(replicas):
             time.sleep(0.05)
 
 
-def launch(directory: Path, port: int, cluster, stream: str) -> subprocess.Popen:
-    """`covisit serve` as a replica process on the shared stream, logging to directory/serve.log."""
-    directory.mkdir(parents=True, exist_ok=True)
-    events = directory / "events.csv"
-    write_events(events)
-    env = {**os.environ, "COVISIT_ADMIN_TOKEN": TOKEN, "COVISIT_EXPLORATION_RATE": "0",
-           "COVISIT_SERVER_EVENT_LOG_STREAM": stream}
-    with open(directory / "serve.log", "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "covisit.server.cli", "-q", "serve", "--port", str(port), "--preset", "",
-             "--data", str(events), "--data-dir", str(directory / "data"), "--no-metrics",
-             "--event-log", ",".join(cluster.urls), "--event-log-replicas", "3"],
-            env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
 def test_a_nats_node_and_a_replica_killed_during_ingest_lose_nothing_acknowledged(cluster, tmp_path):
     stream = next(_streams)
     ports = {"a": free_port(), "b": free_port()}
-    procs = {name: launch(tmp_path / name, port, cluster, stream) for name, port in ports.items()}
+    procs = {name: launch_replica(tmp_path / name, port, cluster.urls, stream) for name, port in ports.items()}
     acked: list[Event] = []
     try:
         for port in ports.values():
@@ -131,22 +112,26 @@ def test_a_nats_node_and_a_replica_killed_during_ingest_lose_nothing_acknowledge
         thread = threading.Thread(target=writer)
         thread.start()
         time.sleep(1.0)
+        before_kills = len(acked)
         leader = cluster.stream_leader(stream)
         leader.kill()
         procs["b"].kill()  # SIGKILL both mid-ingest
         procs["b"].wait(timeout=10)
         time.sleep(1.0)
         cluster.restart(leader)
-        procs["b"] = launch(tmp_path / "b", ports["b"], cluster, stream)
+        procs["b"] = launch_replica(tmp_path / "b", ports["b"], cluster.urls, stream)
         wait_serving(f"127.0.0.1:{ports['b']}", timeout=60)
-        time.sleep(1.0)  # some ingest after the restarts too
+        restarted = len(acked)
+        wait_for_acks = time.monotonic() + DEADLINE
+        while len(acked) < restarted + 30 and time.monotonic() < wait_for_acks:  # ingest after the restarts too
+            time.sleep(0.1)
         stop.set()
         thread.join(timeout=90)
         assert not thread.is_alive()
         with JetStreamEventLog(cluster.urls, stream=stream, subject=f"covisit.{stream}", replicas=3) as log:
             end = log.durable_offset
             stored = {(e.user_id, e.item_id, e.timestamp) for _, e in log.read(0)}
-        assert len(acked) > 300  # ingest went on around the kills
+        assert before_kills > 0 and len(acked) >= restarted + 30  # ingest went on around the kills
         assert [e for e in acked if (e.user_id, e.item_id, e.timestamp) not in stored] == []
         # both replicas learn the whole stream and answer alike
         admins = [CovisitClient(f"127.0.0.1:{port}", timeout=5, admin_token=TOKEN) for port in ports.values()]

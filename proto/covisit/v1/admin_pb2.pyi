@@ -14,7 +14,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self, counts_digest: _Optional[bool] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("model_version", "items", "links", "events", "uptime_seconds", "freshness_seconds", "config", "users", "catalog_items", "pinned_version", "learning", "events_pending", "log_events", "alerts", "ab_test", "shadow", "feedback", "counts_digest", "slos")
+    __slots__ = ("model_version", "items", "links", "events", "uptime_seconds", "freshness_seconds", "config", "users", "catalog_items", "pinned_version", "learning", "events_pending", "log_events", "alerts", "ab_test", "shadow", "feedback", "counts_digest", "slos", "replica", "leader", "model_line")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,9 @@ class GetStatusResponse(_message.Message):
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     COUNTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SLOS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_LINE_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     items: int
     links: int
@@ -60,7 +63,10 @@ class GetStatusResponse(_message.Message):
     feedback: _containers.RepeatedCompositeFieldContainer[VersionFeedback]
     counts_digest: str
     slos: _containers.RepeatedCompositeFieldContainer[SloCheck]
-    def __init__(self, model_version: _Optional[str] = ..., items: _Optional[int] = ..., links: _Optional[int] = ..., events: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., freshness_seconds: _Optional[float] = ..., config: _Optional[_Mapping[str, str]] = ..., users: _Optional[int] = ..., catalog_items: _Optional[int] = ..., pinned_version: _Optional[str] = ..., learning: _Optional[str] = ..., events_pending: _Optional[int] = ..., log_events: _Optional[int] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., ab_test: _Optional[_Union[Experiment, _Mapping]] = ..., shadow: _Optional[_Union[Experiment, _Mapping]] = ..., feedback: _Optional[_Iterable[_Union[VersionFeedback, _Mapping]]] = ..., counts_digest: _Optional[str] = ..., slos: _Optional[_Iterable[_Union[SloCheck, _Mapping]]] = ...) -> None: ...
+    replica: str
+    leader: str
+    model_line: str
+    def __init__(self, model_version: _Optional[str] = ..., items: _Optional[int] = ..., links: _Optional[int] = ..., events: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., freshness_seconds: _Optional[float] = ..., config: _Optional[_Mapping[str, str]] = ..., users: _Optional[int] = ..., catalog_items: _Optional[int] = ..., pinned_version: _Optional[str] = ..., learning: _Optional[str] = ..., events_pending: _Optional[int] = ..., log_events: _Optional[int] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., ab_test: _Optional[_Union[Experiment, _Mapping]] = ..., shadow: _Optional[_Union[Experiment, _Mapping]] = ..., feedback: _Optional[_Iterable[_Union[VersionFeedback, _Mapping]]] = ..., counts_digest: _Optional[str] = ..., slos: _Optional[_Iterable[_Union[SloCheck, _Mapping]]] = ..., replica: _Optional[str] = ..., leader: _Optional[str] = ..., model_line: _Optional[str] = ...) -> None: ...
 
 class SloCheck(_message.Message):
     __slots__ = ("name", "value", "target", "ok", "description")
