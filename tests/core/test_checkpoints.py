@@ -1,7 +1,9 @@
 """The checkpoint store: whole-or-absent checkpoints, the newest loadable one, pruning, states."""
 
+import io
 import json
 import re
+import tarfile
 import shutil
 
 import numpy as np
@@ -74,6 +76,36 @@ def test_load_snapshot_and_model(three):
     np.testing.assert_array_equal(model.csr()[2], want.csr()[2])
     np.testing.assert_array_equal(snap.scores, want.snapshot(2).scores)
     assert model.n_events == 10
+
+
+def test_an_exported_checkpoint_imports_whole_in_another_store(three, tmp_path):
+    other = CheckpointStore(tmp_path / "elsewhere")
+    info = other.import_archive(2, three.export(2))
+    assert info == three.get(2) and other.has(2) and not other.has(3)
+    assert other.load_model(2, ModelConfig()).digest() == three.load_model(2, ModelConfig()).digest()
+    np.testing.assert_array_equal(other.load_snapshot(2).scores, three.load_snapshot(2).scores)
+    assert other.import_archive(2, three.export(2)) == info  # again: kept as it is
+
+
+def test_an_archive_that_is_not_the_version_asked_for_leaves_nothing(three, tmp_path):
+    other = CheckpointStore(tmp_path / "elsewhere")
+    with pytest.raises(SnapshotError, match="holds v3"):
+        other.import_archive(2, three.export(3))
+    with pytest.raises(SnapshotError, match="unreadable"):
+        other.import_archive(2, b"not a tar")
+    assert list(other.directory.iterdir()) == []
+
+
+def test_an_archive_reaching_outside_its_directory_is_refused(three, tmp_path):
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        evil = tarfile.TarInfo("../../escaped")
+        evil.size = 1
+        tar.addfile(evil, io.BytesIO(b"x"))
+    other = CheckpointStore(tmp_path / "elsewhere")
+    with pytest.raises(SnapshotError):
+        other.import_archive(2, out.getvalue())
+    assert not (tmp_path / "escaped").exists() and list(other.directory.iterdir()) == []
 
 
 def test_missing_version_is_not_found(three):
