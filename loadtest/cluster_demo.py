@@ -206,9 +206,10 @@ def run(args, work: Path) -> int:
     print(f"{args.data}: {len(events)} events; {len(seed)} seed the stream, {len(tail)} go through RecordEvents",
           file=sys.stderr, flush=True)
     cluster = NatsCluster(work / "nats")
-    replicas = [Replica(name, work / name, cluster.urls, seed_file) for name in NAMES]
+    replicas: list[Replica] = []
     try:
         cluster.start()
+        replicas += [Replica(name, work / name, cluster.urls, seed_file) for name in NAMES]
         t_nats = time.monotonic()
         print(f"NATS cluster ready: {', '.join(cluster.urls)}", file=sys.stderr, flush=True)
         for r in replicas:  # together: they seed the stream once between them

@@ -98,8 +98,12 @@ class NatsCluster:
 
     def __init__(self, directory: Path, size: int = 3):
         directory.mkdir(parents=True, exist_ok=True)
-        self.nodes = [NatsNode(f"n{i}", directory / f"n{i}", free_port(), free_port())
-                      for i in range(size)]
+        self.nodes = [NatsNode(f"n{i}", directory / f"n{i}", 0, 0) for i in range(size)]
+        self._assign_ports()
+
+    def _assign_ports(self) -> None:
+        for node in self.nodes:
+            node.port, node.cluster_port = free_port(), free_port()
         cluster_ports = [node.cluster_port for node in self.nodes]
         for node in self.nodes:
             node.directory.mkdir(exist_ok=True)
@@ -109,14 +113,24 @@ class NatsCluster:
     def urls(self) -> list[str]:
         return [node.url for node in self.nodes]
 
-    def start(self) -> NatsCluster:
-        for node in self.nodes:
-            node.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+    def start(self, attempts: int = 3) -> NatsCluster:
+        """Start the nodes; should a port picked free be taken before a node binds it (another
+        process got it meanwhile), once more on other ports."""
+        for attempt in range(attempts):
+            for node in self.nodes:
+                node.start()
+            try:
+                self.wait_ready()
+                return self
+            except BaseException as exc:
+                self.stop()
+                lost_port = any("address already in use" in node.log_path.read_text(errors="replace")
+                                for node in self.nodes)
+                if not (isinstance(exc, RuntimeError) and lost_port) or attempt == attempts - 1:
+                    raise
+                for node in self.nodes:
+                    node.log_path.unlink()
+                self._assign_ports()
         return self
 
     def stop(self) -> None:
