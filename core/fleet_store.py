@@ -118,6 +118,8 @@ class FleetStore:
 
     def publish_feedback(self, payload: bytes) -> None:
         """Send one feedback message without waiting (feedback may be lost; requests must not wait)."""
+        if self._loop.loop.is_closed():  # stopping: the request still gets its answer
+            return
         asyncio.run_coroutine_threadsafe(self._nc.publish(self._feedback_subject, payload), self._loop.loop)
 
     def watch_feedback(self, on_message: Callable[[bytes], None]) -> None:
