@@ -108,7 +108,10 @@ class Fleet:
             leading, self.leader = False, ""
         if leading != self.leading:
             log.warning("fleet: %s %s the leader", self.name, "is now" if leading else "is no longer")
-        self.leading = leading
+        gained, self.leading = leading and not self.leading, leading
+        serving = self.learner.serving
+        if gained and serving is not None:  # the old leader may have died before naming its line
+            self._changes.put(("line", line_of(serving)))
 
     def _apply_changes(self) -> None:
         while True:
