@@ -285,8 +285,9 @@ class Engine:
                 self._cache.put(key, (self.clock(), items))
         items = self._explore(snap, items, context, exclude_items, allowed_items, categories)
         arm = "serving" if snap is serving else "ab"
-        request_id = f"{uuid.uuid4().hex}-{line_of(snap)}-{arm}"  # any replica of a fleet can read it
-        self._shown.put(request_id, (line_of(snap), arm))
+        line = line_of(snap)
+        request_id = f"{uuid.uuid4().hex}-{line}-{arm}"  # any replica of a fleet can read it
+        self._shown.put(request_id, (line, arm))
         self.monitor.responded(request_id, user_id, context, items, snap.version, arm)
         if snap is serving and self.experiments.shadowing:
             self.experiments.maybe_shadow(

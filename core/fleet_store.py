@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -82,8 +81,7 @@ class FleetStore:
                  lease: float = 3.0, timeout: float = 10.0, open_timeout: float = 60.0):
         self.servers = [servers] if isinstance(servers, str) else list(servers)
         self.stream, self.name, self.replicas, self.lease, self.timeout = stream, name, replicas, lease, timeout
-        self._leader_revision: int | None = None  # of our own lease, while we hold it
-        self._lock = threading.Lock()
+        self._leader_revision: int | None = None  # of our own lease, while we hold it (set on the loop only)
         self._loop = LoopThread(f"fleet-{stream}")
         try:
             try:
@@ -267,8 +265,7 @@ class FleetStore:
                 continue
 
     async def _try_lead(self) -> bool:
-        with self._lock:
-            revision = self._leader_revision
+        revision = self._leader_revision
         try:
             if revision is not None:
                 revision = await self._lease.update(LEADER_KEY, self.name.encode(), last=revision)
@@ -276,8 +273,7 @@ class FleetStore:
                 revision = await self._lease.create(LEADER_KEY, self.name.encode())
         except KeyWrongLastSequenceError:  # someone else holds it (or took it after ours expired)
             revision = None
-        with self._lock:
-            self._leader_revision = revision
+        self._leader_revision = revision
         return revision is not None
 
     async def _leader(self) -> str:
@@ -288,8 +284,7 @@ class FleetStore:
         return (entry.value or b"").decode()
 
     async def _resign(self) -> None:
-        with self._lock:
-            revision, self._leader_revision = self._leader_revision, None
+        revision, self._leader_revision = self._leader_revision, None
         try:
             await self._lease.delete(LEADER_KEY, last=revision)
         except KeyWrongLastSequenceError:
